@@ -1,0 +1,544 @@
+//! `LockGuard`: a held lock, its lease watchdog, and release (with in-process handoff).
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::key::RedisNames;
+use crate::locker::{millis, Locker};
+use crate::observe;
+use crate::queue::{Slot, Waiter};
+use crate::scripts;
+use crate::Error;
+
+/// A lock held in Redis. Obtained by awaiting [`Locker::lock`](crate::Locker::lock).
+///
+/// **While it lives**, the lease is renewed every lease/3 (unless the request said
+/// `.renew(false)`). If renewal finds the lock gone or owned by another token, if Redis stays
+/// unreachable until the lease runs out, or if a fixed lease runs out, the guard turns *lost*:
+/// [`is_held`](Self::is_held) returns `false`, [`lost`](Self::lost) resolves and
+/// [`release`](Self::release) returns [`Error::Lost`]. A lost guard never touches the key
+/// again: whoever holds it now keeps it.
+///
+/// **Release** it with [`release`](Self::release) to learn the outcome, or drop it: dropping
+/// releases in the background at once (it needs a Tokio runtime; without one the lock expires
+/// with its lease). Either way renewal stops first, so a release can never be undone by a
+/// late renewal. If another task of the same process waits for the key, the lock is handed to
+/// it directly (new token, new fencing token, fresh lease, one round trip) instead of being
+/// released, a bounded number of times in a row so that other processes are not starved.
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct LockGuard {
+    pub(crate) st: Option<Held>,
+}
+
+/// The state of a held lock.
+pub(crate) struct Held {
+    pub(crate) slot: Slot,
+    key: Arc<str>,
+    names: Arc<RedisNames>,
+    token: String,
+    fence: u64,
+    shared: Arc<Shared>,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+/// What the guard and its watchdog share.
+struct Shared {
+    lost: watch::Sender<bool>,
+    timing: Mutex<Timing>,
+    renew: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Timing {
+    /// When the lease runs out at the earliest, in local time: measured from the moment the
+    /// command that set it was *sent*, so it is never later than Redis's own expiry.
+    deadline: Instant,
+    lease: Duration,
+}
+
+impl Shared {
+    fn timing(&self) -> Timing {
+        *self.timing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_timing(&self, t: Timing) {
+        *self.timing.lock().unwrap_or_else(PoisonError::into_inner) = t;
+    }
+
+    fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Marks the lock lost; returns `true` the first time.
+    fn mark_lost(&self) -> bool {
+        !self.lost.send_replace(true)
+    }
+}
+
+/// A fresh 128-bit random owner token, as 32 hex digits.
+pub(crate) fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Held {
+    /// Starts holding: spawns the watchdog that renews the lease or, for a fixed lease, marks
+    /// the lock lost when it runs out.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        slot: Slot,
+        key: Arc<str>,
+        names: Arc<RedisNames>,
+        token: String,
+        fence: u64,
+        lease: Duration,
+        renew: bool,
+        sent_at: Instant,
+    ) -> Held {
+        let (lost, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            lost,
+            timing: Mutex::new(Timing {
+                deadline: sent_at + lease,
+                lease,
+            }),
+            renew,
+        });
+        let watchdog = tokio::spawn(watchdog(
+            slot.locker.clone(),
+            names.clone(),
+            key.clone(),
+            token.clone(),
+            shared.clone(),
+        ));
+        Held {
+            slot,
+            key,
+            names,
+            token,
+            fence,
+            shared,
+            watchdog: Some(watchdog),
+        }
+    }
+
+    fn locker(&self) -> &Locker {
+        &self.slot.locker
+    }
+
+    fn stop_watchdog(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stop_watchdog();
+    }
+}
+
+/// Renews the lease every lease/3 while the guard lives (or waits out a fixed lease), and marks
+/// the lock lost when it cannot be kept. Aborted when the guard is released or dropped.
+async fn watchdog(
+    locker: Locker,
+    names: Arc<RedisNames>,
+    key: Arc<str>,
+    token: String,
+    shared: Arc<Shared>,
+) {
+    let mut retry_soon = false;
+    loop {
+        let Timing { deadline, lease } = shared.timing();
+        let now = Instant::now();
+        if now >= deadline {
+            if shared.mark_lost() {
+                observe::lost(&key, "the lease ran out before it could be renewed");
+            }
+            return;
+        }
+        if !shared.renew {
+            // `extend` may move the deadline; the loop looks again when this one passes.
+            tokio::time::sleep_until(deadline).await;
+            continue;
+        }
+        let step = if retry_soon {
+            (lease / 10).min(Duration::from_millis(250))
+        } else {
+            lease / 3
+        };
+        tokio::time::sleep_until(deadline.min(now + step)).await;
+        if Instant::now() >= shared.timing().deadline {
+            continue;
+        }
+        let lease = shared.timing().lease;
+        let sent_at = Instant::now();
+        let fence_ttl = locker.inner.config.fence_ttl_ms(lease);
+        let res: Result<i64, Error> = locker
+            .eval(
+                "renew",
+                scripts::RENEW
+                    .key(&names.lock)
+                    .key(&names.fence)
+                    .arg(&token)
+                    .arg(millis(lease))
+                    .arg(fence_ttl),
+            )
+            .await;
+        match res {
+            Ok(1) => {
+                retry_soon = false;
+                shared.set_timing(Timing {
+                    deadline: sent_at + lease,
+                    lease,
+                });
+            }
+            Ok(_) => {
+                if shared.mark_lost() {
+                    observe::lost(&key, "renewal found the lock expired or owned by another token");
+                }
+                return;
+            }
+            Err(e) => {
+                observe::renew_failed(&key, &e);
+                retry_soon = true;
+            }
+        }
+    }
+}
+
+impl LockGuard {
+    fn held(&self) -> &Held {
+        // `st` is only `None` inside `release`/`drop`, which consume the guard.
+        self.st.as_ref().expect("LockGuard used after release")
+    }
+
+    /// The lock's key, as the caller wrote it.
+    pub fn key(&self) -> &str {
+        &self.held().key
+    }
+
+    /// The fencing token of this acquisition: a number that is strictly greater than the one
+    /// of every earlier acquisition of the same key (on this Redis, within the fencing counter's
+    /// lifetime, see [`LockerBuilder::fence_ttl`](crate::LockerBuilder::fence_ttl)).
+    ///
+    /// A lock alone cannot stop a holder that was paused (GC, swap, a stopped VM) past its lease
+    /// from writing after the next holder started. Pass this token along with every write to
+    /// storage that remembers the highest token it has seen per resource and rejects smaller
+    /// ones; then the stale writer is refused.
+    pub fn fencing_token(&self) -> u64 {
+        self.held().fence
+    }
+
+    /// `true` while the lock is believed held: it was not found lost and its lease (as last
+    /// renewed) has not run out.
+    pub fn is_held(&self) -> bool {
+        let h = self.held();
+        !h.shared.is_lost() && Instant::now() < h.shared.timing().deadline
+    }
+
+    /// Resolves when the lock is lost (immediately if it already is). Never resolves while the
+    /// lock is held. The future does not borrow the guard.
+    ///
+    /// ```no_run
+    /// # async fn demo(locker: lockattr::Locker) -> Result<(), lockattr::Error> {
+    /// let guard = locker.lock("report").await?;
+    /// tokio::select! {
+    ///     _ = guard.lost() => eprintln!("lost the lock, stopping"),
+    ///     _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+    /// }
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.held().shared.lost.subscribe();
+        async move {
+            if rx.wait_for(|lost| *lost).await.is_err() {
+                // The guard is gone without the lock being lost: never resolve.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Sets the lease to `lease` from now (one round trip). With renewal on, later renewals
+    /// keep this lease.
+    ///
+    /// # Errors
+    /// [`Error::Lost`] when the lock is no longer ours, [`Error::Redis`] when Redis failed (the
+    /// lease is then unchanged), [`Error::InvalidConfig`] for a lease under 1 ms.
+    pub async fn extend(&self, lease: Duration) -> Result<(), Error> {
+        if lease < Duration::from_millis(1) {
+            return Err(Error::config("a lease must be at least 1 ms"));
+        }
+        let h = self.held();
+        if h.shared.is_lost() {
+            return Err(Error::Lost {
+                key: h.key.to_string(),
+            });
+        }
+        let sent_at = Instant::now();
+        let fence_ttl = h.locker().inner.config.fence_ttl_ms(lease);
+        let extended: i64 = h
+            .locker()
+            .eval(
+                "extend",
+                scripts::RENEW
+                    .key(&h.names.lock)
+                    .key(&h.names.fence)
+                    .arg(&h.token)
+                    .arg(millis(lease))
+                    .arg(fence_ttl),
+            )
+            .await?;
+        if extended == 1 {
+            h.shared.set_timing(Timing {
+                deadline: sent_at + lease,
+                lease,
+            });
+            Ok(())
+        } else {
+            if h.shared.mark_lost() {
+                observe::lost(&h.key, "extend found the lock expired or owned by another token");
+            }
+            Err(Error::Lost {
+                key: h.key.to_string(),
+            })
+        }
+    }
+
+    /// Releases the lock and reports what happened.
+    ///
+    /// Token-safe: only a lock still owned by this guard is deleted. If another task of this
+    /// process waits for the key, the lock goes to it directly instead (see the type docs).
+    /// Cancellation-safe: if this future is dropped midway, the release finishes in the
+    /// background.
+    ///
+    /// # Errors
+    /// [`Error::Lost`] when the lock had already been lost (nothing was deleted),
+    /// [`Error::Redis`] when Redis could not be reached (the lock expires with its lease).
+    pub async fn release(mut self) -> Result<(), Error> {
+        match self.st.take() {
+            Some(held) => release_held(held).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(mut held) = self.st.take() else {
+            return;
+        };
+        held.stop_watchdog();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let _ = release_held(held).await;
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    key = %held.key,
+                    "lockattr: LockGuard dropped outside a Tokio runtime; the lock expires with its lease"
+                );
+            }
+        }
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.st {
+            Some(h) => f
+                .debug_struct("LockGuard")
+                .field("key", &h.key)
+                .field("fencing_token", &h.fence)
+                .field("lost", &h.shared.is_lost())
+                .finish_non_exhaustive(),
+            None => f.write_str("LockGuard(released)"),
+        }
+    }
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Held")
+            .field("key", &self.key)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a guard for a lock just taken.
+pub(crate) fn new_guard(held: Held) -> LockGuard {
+    LockGuard { st: Some(held) }
+}
+
+/// The release in progress. If its future is dropped midway, `Drop` finishes the job in the
+/// background: it releases every token that may own the lock (the old one, and the new one of
+/// a handoff whose outcome is unknown) and passes the slot on.
+struct Releasing {
+    held: Option<Held>,
+    waiter: Option<Waiter>,
+    new_token: Option<String>,
+}
+
+async fn release_held(held: Held) -> Result<(), Error> {
+    let mut r = Releasing {
+        held: Some(held),
+        waiter: None,
+        new_token: None,
+    };
+    r.run().await
+}
+
+impl Releasing {
+    async fn run(&mut self) -> Result<(), Error> {
+        loop {
+            let Some(held) = self.held.as_mut() else {
+                return Ok(());
+            };
+            held.stop_watchdog();
+            if held.shared.is_lost() {
+                let key = held.key.to_string();
+                self.held = None; // the slot passes on; the key is someone else's now
+                return Err(Error::Lost { key });
+            }
+            let Some(waiter) = held.slot.next_for_handoff() else {
+                break;
+            };
+            // Hand the lock to the next local waiter without releasing it in Redis.
+            let token = new_token();
+            let lease = waiter.lease;
+            let renew = waiter.renew;
+            self.waiter = Some(waiter);
+            self.new_token = Some(token.clone());
+            let sent_at = Instant::now();
+            let res: Result<u64, Error> = held
+                .locker()
+                .eval(
+                    "handoff",
+                    scripts::HANDOFF
+                        .key(&held.names.lock)
+                        .key(&held.names.fence)
+                        .arg(&held.token)
+                        .arg(&token)
+                        .arg(millis(lease)),
+                )
+                .await;
+            match res {
+                Ok(fence) if fence > 0 => {
+                    self.new_token = None;
+                    let Some(waiter) = self.waiter.take() else {
+                        return Ok(());
+                    };
+                    let next = Held::start(
+                        held.slot.take(),
+                        held.key.clone(),
+                        held.names.clone(),
+                        token,
+                        fence,
+                        lease,
+                        renew,
+                        sent_at,
+                    );
+                    observe::handed_off(&held.key, fence);
+                    self.held = None;
+                    match waiter.give_lock(new_guard(next)) {
+                        Ok(()) => return Ok(()),
+                        // The waiter left meanwhile: the lock is ours again; go round.
+                        Err(mut guard) => self.held = guard.st.take(),
+                    }
+                }
+                Ok(_) => {
+                    self.new_token = None;
+                    if held.shared.mark_lost() {
+                        observe::lost(&held.key, "found expired or taken at release");
+                    }
+                    let key = held.key.to_string();
+                    let slot = held.slot.take();
+                    self.held = None;
+                    if let Some(w) = self.waiter.take() {
+                        if let Err(slot) = w.give_slot(slot) {
+                            drop(slot);
+                        }
+                    }
+                    return Err(Error::Lost { key });
+                }
+                // The outcome is unknown; `Drop` cleans up both tokens in the background.
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(held) = self.held.as_mut() else {
+            return Ok(());
+        };
+        let released: Result<i64, Error> = held
+            .locker()
+            .eval(
+                "release",
+                scripts::RELEASE
+                    .key(&held.names.lock)
+                    .arg(&held.token)
+                    .arg(&held.names.channel),
+            )
+            .await;
+        let key = held.key.to_string();
+        self.held = None; // passes the slot to the next waiter, which contends in Redis
+        match released {
+            Ok(1) => {
+                observe::released(&key);
+                Ok(())
+            }
+            Ok(_) => {
+                observe::lost(&key, "found expired or taken at release");
+                Err(Error::Lost { key })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Releasing {
+    fn drop(&mut self) {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        held.stop_watchdog();
+        let waiter = self.waiter.take();
+        let new_token = self.new_token.take();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let locker = held.locker().clone();
+            for token in new_token.iter().chain(std::iter::once(&held.token)) {
+                let _: Result<i64, Error> = locker
+                    .eval(
+                        "release",
+                        scripts::RELEASE
+                            .key(&held.names.lock)
+                            .arg(token)
+                            .arg(&held.names.channel),
+                    )
+                    .await;
+            }
+            let slot = held.slot.take();
+            drop(held);
+            match waiter {
+                Some(w) => {
+                    if let Err(slot) = w.give_slot(slot) {
+                        drop(slot);
+                    }
+                }
+                None => drop(slot),
+            }
+        });
+    }
+}

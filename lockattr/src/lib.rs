@@ -1,0 +1,154 @@
+//! Declarative Redis distributed locks that are safe at the edges.
+//!
+//! ```no_run
+//! use lockattr::distributed_lock;
+//!
+//! # #[derive(Debug)] struct Participant;
+//! # #[derive(Debug)] enum AppError { Lock(lockattr::Error) }
+//! # impl From<lockattr::Error> for AppError { fn from(e: lockattr::Error) -> Self { AppError::Lock(e) } }
+//! # struct PartyService;
+//! impl PartyService {
+//!     /// Runs only while this process holds the Redis lock `party:<party_id>`.
+//!     #[distributed_lock(key = "party:<party_id>", wait = "100s", lease = "2s")]
+//!     async fn participate(&self, party_id: i64, name: String) -> Result<Participant, AppError> {
+//!         // read the party, count its members, insert if there is room ...
+//!         # let _ = name;
+//!         Ok(Participant)
+//!     }
+//! }
+//!
+//! # async fn start() -> Result<(), lockattr::Error> {
+//! // Once at startup:
+//! lockattr::set_default(lockattr::Locker::connect("redis://127.0.0.1:6379").await?);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The attribute checks the key template and durations at compile time and rewrites the
+//! function to take the lock before its body and release it on every exit path. Code that
+//! cannot be an annotated function uses the runtime directly:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lockattr::Error> {
+//! use std::time::Duration;
+//!
+//! let locker = lockattr::Locker::connect("redis://127.0.0.1:6379").await?;
+//! let guard = locker.lock("party:42").wait(Duration::from_secs(5)).await?;
+//! // ... critical section; guard.fencing_token() orders this holder after all earlier ones ...
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What you get
+//!
+//! * **Token-safe ownership.** Each acquisition gets a random 128-bit token; release, renewal
+//!   and handoff compare it inside a Lua script, so nobody deletes or extends a lock they do not
+//!   own, however late they are. Ownership is never tied to a thread or task.
+//! * **Leases that cannot silently run out.** The lease is the lock's TTL in Redis and bounds
+//!   how long a crashed holder blocks others. While a guard lives a watchdog renews it every
+//!   lease/3. If the lock is lost anyway (renewal finds it expired or taken, Redis stays
+//!   unreachable past the lease, or a fixed lease with `renew = false` runs out), the critical
+//!   section is *cancelled* at its next `.await` and the call returns [`Error::Lost`], instead
+//!   of going on unprotected.
+//! * **Fencing tokens.** Every acquisition of a key gets a number strictly greater than the
+//!   previous one's ([`LockGuard::fencing_token`], [`fencing_token()`]), from Redis, in the same
+//!   round trip. Storage that remembers the highest token per resource can reject a stale
+//!   holder's writes.
+//! * **Waiting without spinning.** Tasks of one process that want the same key queue locally;
+//!   only one talks to Redis. It is woken by a pub/sub message on release (one shared
+//!   subscription per contended key per process), with the holder's TTL as a fallback timer.
+//!   When the holder releases and another local task waits, the lock is handed over in Redis in
+//!   one round trip without ever being free (bounded, so other processes get their turn).
+//! * **Cancellation safety.** Dropping a guard releases the lock at once in the background.
+//!   Dropping an acquire future at any point leaves no lock, queue entry or subscription
+//!   behind, even when Redis granted the lock just as the future was dropped.
+//! * **Reentrancy.** Under [`LockRequest::run`] and the attribute, a nested call in the same task
+//!   for a key the task already holds enters at once.
+//! * **Escaped, namespaced keys.** See [Keys](#keys).
+//!
+//! # Keys
+//!
+//! The lock `party:42` of a locker with namespace `lock` (the default) is the Redis key
+//! `lock:{party:42}`. Its fencing counter is `lock:{party:42}:fence` and its release channel
+//! `lock:{party:42}:released`: all share the hash tag `{party:42}`, so they live in one Redis
+//! Cluster slot. In a key, `%`, `{`, `}` and control characters are written `%XX` (their UTF-8
+//! bytes in hex); in a value substituted into an attribute template, `:` is escaped as well.
+//! So escaping is injective: `key = "party:<id>"` with `id = "1:2"` locks `party:1%3A2`, which
+//! no other template or value can produce, and no value can break out of the hash tag. A key
+//! that is empty, or longer than [`MAX_KEY_LEN`] bytes once escaped, is refused with
+//! [`Error::InvalidKey`].
+//!
+//! # Durations and defaults
+//!
+//! | setting | attribute | request | default |
+//! |---|---|---|---|
+//! | how long to wait for a busy lock | `wait = "5s"` | [`LockRequest::wait`] | [`LockerBuilder::default_wait`], 30 s |
+//! | lease (TTL in Redis) | `lease = "2s"` | [`LockRequest::lease`] | [`LockerBuilder::default_lease`], 30 s |
+//! | renew the lease while held | `renew = false` | [`LockRequest::renew`] | on |
+//!
+//! A zero wait is a single attempt. In the attribute, durations are an integer and a unit
+//! (`ms`, `s`, `m`, `h`), combinable: `"1m30s"`.
+//!
+//! # Errors
+//!
+//! Every failure is an [`Error`]: [`Error::Timeout`] (busy for the whole wait; the body did
+//! not run), [`Error::Lost`], [`Error::InvalidKey`], [`Error::NotConfigured`] (no locker),
+//! [`Error::InvalidConfig`], [`Error::Redis`]. When Redis is unreachable, calls fail with
+//! [`Error::Redis`] within the operation timeout (2 s by default), never with a misleading
+//! `Timeout`, and the connection recovers by itself when Redis is back.
+//!
+//! # What a Redis lock cannot guarantee
+//!
+//! * **Pauses.** A holder paused longer than its lease (GC, swap, a stopped VM or container)
+//!   resumes believing it holds the lock while another holder is inside. The watchdog and the
+//!   cancellation above shrink the window to "until the paused task's next `.await`", but
+//!   cannot close it: code that runs between two awaits cannot be interrupted. Fencing tokens
+//!   close it for storage that checks them.
+//! * **Failover.** Redis replication is asynchronous. If the master fails after granting a
+//!   lock and before the replica received it, the promoted replica grants it again. Use a
+//!   Redis without failover for locks that must never be granted twice, or check fencing
+//!   tokens in storage.
+//! * **Restart without persistence.** A Redis restarted without persistence forgets every
+//!   lock (holders see [`Error::Lost`] at their next renewal) and every fencing counter (tokens
+//!   start again at 1, so storage that remembers higher tokens rejects writes until it is
+//!   reset: a loss of availability, not of safety).
+//! * **Clocks.** Redis expires keys by its own clock. The guard considers the lease over at
+//!   `time the acquire was sent + lease` by the local monotonic clock, which is never later than
+//!   Redis's expiry unless the clocks' rates differ grossly.
+//! * **Fencing counter lifetime.** The counter lives [`LockerBuilder::fence_ttl`] (7 days by
+//!   default) after the key's last acquisition or renewal; a key unused for longer starts
+//!   again at 1.
+//!
+//! # Features
+//!
+//! * `metrics`: counters and a wait-time histogram through the [`metrics`](https://docs.rs/metrics)
+//!   facade (names in the `observe` module docs). Tracing events are always emitted
+//!   (target `lockattr`).
+
+mod context;
+mod default;
+mod error;
+mod guard;
+mod key;
+mod locker;
+mod observe;
+mod pubsub;
+mod queue;
+mod request;
+mod scripts;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use context::fencing_token;
+pub use default::{clear_default, default_locker, set_default};
+pub use error::Error;
+pub use guard::LockGuard;
+pub use key::MAX_KEY_LEN;
+pub use locker::{Locker, LockerBuilder};
+pub use request::LockRequest;
+
+#[doc(inline)]
+pub use lockattr_macros::distributed_lock;

@@ -1,0 +1,297 @@
+//! `Locker`: the handle users create once and clone everywhere.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::key::{validate_namespace, LockKey, RedisNames};
+use crate::pubsub::Hub;
+use crate::queue::KeyLocal;
+use crate::request::LockRequest;
+use crate::Error;
+
+/// A handle to a Redis server for taking locks.
+///
+/// Create one per process (or per Redis) with [`Locker::connect`] or [`Locker::builder`] and
+/// clone it freely: clones are cheap (`Arc`) and share the Redis connection, the pub/sub
+/// subscription and the local wait queues, which is what keeps contention cheap. Two
+/// *separately built* `Locker`s behave like two processes.
+///
+/// The command connection is a redis-rs `ConnectionManager`: after Redis restarts or the
+/// connection breaks, it reconnects by itself. While Redis is unreachable every operation fails
+/// with [`Error::Redis`] within the operation timeout (2 s by default); nothing hangs.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), lockattr::Error> {
+/// use std::time::Duration;
+///
+/// let locker = lockattr::Locker::builder("redis://127.0.0.1:6379")
+///     .namespace("myapp:lock")
+///     .default_wait(Duration::from_secs(10))
+///     .default_lease(Duration::from_secs(30))
+///     .build()
+///     .await?;
+/// lockattr::set_default(locker.clone()); // for #[distributed_lock] without `locker = ..`
+///
+/// let guard = locker.lock("party:42").await?;
+/// // ... critical section ...
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Locker {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) conn: ConnectionManager,
+    pub(crate) config: Config,
+    pub(crate) hub: Hub,
+    /// Per-key local state (holder flag and FIFO of waiting tasks), keyed by the lock's Redis
+    /// name. An entry exists only while a task of this process holds or wants the key.
+    pub(crate) keys: Mutex<HashMap<String, KeyLocal>>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) namespace: String,
+    pub(crate) default_wait: Duration,
+    pub(crate) default_lease: Duration,
+    pub(crate) op_timeout: Duration,
+    pub(crate) handoff_limit: u32,
+    pub(crate) fence_ttl: Duration,
+}
+
+impl Config {
+    /// TTL of the fencing counter for a lock taken with `lease`: at least `fence_ttl`, and long
+    /// enough to outlive the longest chain of in-process handoffs without renewal, which do not
+    /// refresh it (see `scripts::HANDOFF`).
+    pub(crate) fn fence_ttl_ms(&self, lease: Duration) -> u64 {
+        let chain = lease.saturating_mul(self.handoff_limit.saturating_add(2));
+        millis(self.fence_ttl.max(chain))
+    }
+}
+
+/// Milliseconds, rounded up so that a sub-millisecond lease never becomes zero.
+pub(crate) fn millis(d: Duration) -> u64 {
+    let ms = d.as_millis();
+    let ms = if Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)) < d {
+        ms + 1
+    } else {
+        ms
+    };
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+impl fmt::Debug for Locker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locker")
+            .field("namespace", &self.inner.config.namespace)
+            .field("default_wait", &self.inner.config.default_wait)
+            .field("default_lease", &self.inner.config.default_lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Locker {
+    /// Connects with the default settings (namespace `lock`, wait 30 s, lease 30 s).
+    ///
+    /// # Errors
+    /// [`Error::Redis`] when the URL is malformed or Redis does not answer within the
+    /// operation timeout.
+    pub async fn connect(url: impl AsRef<str>) -> Result<Locker, Error> {
+        LockerBuilder::new(url.as_ref().to_owned()).build().await
+    }
+
+    /// Starts configuring a `Locker` for the Redis at `url` (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> LockerBuilder {
+        LockerBuilder::new(url.into())
+    }
+
+    /// A request for the lock named `key`; `.await` it to wait for the lock, or call
+    /// [`LockRequest::run`] to run a future under it.
+    ///
+    /// The key is namespaced and escaped (see the crate docs); it is checked when the request
+    /// is awaited, which fails with [`Error::InvalidKey`] for an empty key or one longer than
+    /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes once escaped.
+    pub fn lock(&self, key: impl Into<String>) -> LockRequest {
+        LockRequest::new(self.clone(), LockKey::from_user(key.into()))
+    }
+
+    /// Like [`lock`](Self::lock) with a zero wait: one attempt, `Err(Error::Timeout)` if the
+    /// lock is busy. A busy lock held by another task of this process costs no round trip.
+    pub fn try_lock(&self, key: impl Into<String>) -> LockRequest {
+        self.lock(key).wait(Duration::ZERO)
+    }
+
+    /// The namespace prefixed to every Redis key of this locker.
+    pub fn namespace(&self) -> &str {
+        &self.inner.config.namespace
+    }
+
+    /// The Redis key that holds the lock `key` (for inspection and tests), e.g.
+    /// `lock:{party:42}`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] as for [`lock`](Self::lock).
+    pub fn redis_key(&self, key: &str) -> Result<String, Error> {
+        let key = LockKey::from_user(key.to_owned())?;
+        Ok(RedisNames::new(&self.inner.config.namespace, &key).lock)
+    }
+
+    pub(crate) fn names(&self, key: &LockKey) -> RedisNames {
+        RedisNames::new(&self.inner.config.namespace, key)
+    }
+
+    /// A stable identity for "the same locker" (clones share it).
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
+    /// Runs one script with the operation timeout.
+    pub(crate) async fn eval<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        let mut conn = self.inner.conn.clone();
+        let timeout = self.inner.config.op_timeout;
+        match tokio::time::timeout(timeout, inv.invoke_async(&mut conn)).await {
+            Ok(r) => r.map_err(Error::Redis),
+            Err(_) => Err(Error::redis_timeout(what, timeout)),
+        }
+    }
+}
+
+/// Settings for a [`Locker`]; create it with [`Locker::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "call .build().await to connect"]
+pub struct LockerBuilder {
+    url: String,
+    config: Config,
+}
+
+impl LockerBuilder {
+    fn new(url: String) -> Self {
+        LockerBuilder {
+            url,
+            config: Config {
+                namespace: "lock".to_owned(),
+                default_wait: Duration::from_secs(30),
+                default_lease: Duration::from_secs(30),
+                op_timeout: Duration::from_secs(2),
+                handoff_limit: 16,
+                fence_ttl: Duration::from_secs(7 * 24 * 3600),
+            },
+        }
+    }
+
+    /// Prefix of every Redis key (default `lock`). Lock `party:42` lives at
+    /// `<namespace>:{party:42}`. Must not contain `{`, `}`, `%` or control characters.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.config.namespace = namespace.into();
+        self
+    }
+
+    /// How long a request waits for a busy lock when it does not say (default 30 s).
+    pub fn default_wait(mut self, wait: Duration) -> Self {
+        self.config.default_wait = wait;
+        self
+    }
+
+    /// The lease (the lock's TTL in Redis) when a request does not say (default 30 s). It
+    /// bounds how long a crashed holder blocks others; while a guard lives the lease is renewed
+    /// every lease/3 unless renewal is turned off.
+    pub fn default_lease(mut self, lease: Duration) -> Self {
+        self.config.default_lease = lease;
+        self
+    }
+
+    /// Longest time any single Redis operation may take, connecting included (default 2 s).
+    /// When Redis is down, requests fail with [`Error::Redis`] within this time.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.config.op_timeout = timeout;
+        self
+    }
+
+    /// How many times in a row a lock may be handed from one task of this process directly to
+    /// another waiting task (one round trip, no release) before it is released in Redis so that
+    /// other processes get a chance (default 16; 0 disables in-process handoff).
+    pub fn handoff_limit(mut self, limit: u32) -> Self {
+        self.config.handoff_limit = limit;
+        self
+    }
+
+    /// How long the per-key fencing counter outlives the last acquisition or renewal of its
+    /// lock (default 7 days). Fencing tokens of a key increase strictly as long as the key is
+    /// locked at least once per this period and Redis keeps its data; after that the counter
+    /// starts again at 1.
+    pub fn fence_ttl(mut self, ttl: Duration) -> Self {
+        self.config.fence_ttl = ttl;
+        self
+    }
+
+    /// Checks the settings, connects and loads the scripts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad namespace or zero durations, [`Error::Redis`] when
+    /// the URL is malformed or Redis does not answer within the operation timeout.
+    pub async fn build(self) -> Result<Locker, Error> {
+        let config = self.config;
+        validate_namespace(&config.namespace)?;
+        if config.default_lease < Duration::from_millis(1) {
+            return Err(Error::config("the default lease must be at least 1 ms"));
+        }
+        if config.op_timeout.is_zero() {
+            return Err(Error::config("the operation timeout must not be zero"));
+        }
+        if config.fence_ttl < Duration::from_secs(1) {
+            return Err(Error::config("the fencing counter TTL must be at least 1 s"));
+        }
+        let client = redis::Client::open(self.url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.op_timeout))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200));
+        let connect = ConnectionManager::new_with_config(client.clone(), manager_config);
+        let mut conn = match tokio::time::timeout(config.op_timeout, connect).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(Error::redis_timeout("connect", config.op_timeout)),
+        };
+        let mut load = redis::pipe();
+        for script in crate::scripts::all() {
+            load.cmd("SCRIPT").arg("LOAD").arg(script);
+        }
+        // Loading is an optimisation (first use skips the NOSCRIPT round trip); scripts are
+        // reloaded on demand after a Redis restart anyway.
+        let _ = tokio::time::timeout(config.op_timeout, load.exec_async(&mut conn)).await;
+        let hub = Hub::start(client, config.op_timeout);
+        Ok(Locker {
+            inner: Arc::new(Inner {
+                conn,
+                config,
+                hub,
+                keys: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_round_up() {
+        assert_eq!(millis(Duration::from_micros(1)), 1);
+        assert_eq!(millis(Duration::from_millis(5)), 5);
+        assert_eq!(millis(Duration::from_micros(5001)), 6);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+    }
+}

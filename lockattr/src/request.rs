@@ -1,0 +1,327 @@
+//! `LockRequest`: waiting for a lock, without spinning.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::guard::{new_guard, new_token, Held, LockGuard};
+use crate::key::{LockKey, RedisNames};
+use crate::locker::{millis, Locker};
+use crate::observe;
+use crate::queue::{enter, Baton, Entry, Slot};
+use crate::scripts;
+use crate::Error;
+
+/// A request for a lock, created by [`Locker::lock`]. Configure it, then `.await` it for a
+/// [`LockGuard`] or [`run`](Self::run) a future under it.
+///
+/// ```no_run
+/// # async fn demo(locker: lockattr::Locker) -> Result<(), lockattr::Error> {
+/// use std::time::Duration;
+///
+/// let guard = locker
+///     .lock("invoice:7")
+///     .wait(Duration::from_secs(5))   // give up after 5 s: Err(Error::Timeout)
+///     .lease(Duration::from_secs(10)) // Redis TTL, renewed every 10/3 s while held
+///     .await?;
+/// println!("fencing token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// **Waiting.** Tasks of one process that want the same key queue locally; only the first
+/// talks to Redis. It subscribes to the lock's release channel, tries again right after the
+/// subscription is confirmed (so a release just before it is not missed), then sleeps until a
+/// release is announced or the holder's remaining TTL (or the remaining wait) runs out. No
+/// polling loop: the commands per acquisition do not grow with the number of waiters.
+///
+/// **Cancellation.** Dropping the future at any point leaves nothing behind: its queue entry is
+/// removed, and a lock that Redis granted just as the future was dropped is released in the
+/// background.
+#[must_use = "a lock request does nothing until it is awaited"]
+pub struct LockRequest {
+    locker: Locker,
+    key: Result<LockKey, Error>,
+    wait: Option<Duration>,
+    lease: Option<Duration>,
+    renew: bool,
+}
+
+impl fmt::Debug for LockRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockRequest")
+            .field("key", &self.key.as_ref().map(|k| &k.display))
+            .field("wait", &self.wait)
+            .field("lease", &self.lease)
+            .field("renew", &self.renew)
+            .finish()
+    }
+}
+
+impl LockRequest {
+    pub(crate) fn new(locker: Locker, key: Result<LockKey, Error>) -> Self {
+        LockRequest {
+            locker,
+            key,
+            wait: None,
+            lease: None,
+            renew: true,
+        }
+    }
+
+    /// Longest time to wait for the lock (default: the locker's `default_wait`). Zero means a
+    /// single attempt.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// The lock's time-to-live in Redis (default: the locker's `default_lease`): how long a
+    /// crashed holder blocks others. At least 1 ms.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Whether to renew the lease while the guard lives (default `true`). With `false` the
+    /// lock is lost when the lease runs out, even if the guard still exists.
+    pub fn renew(mut self, renew: bool) -> Self {
+        self.renew = renew;
+        self
+    }
+
+    /// Takes the lock, runs `fut` while holding it, releases it, and returns `fut`'s output.
+    ///
+    /// If the lock is lost while `fut` runs, `fut` is dropped at its next `.await` (so a
+    /// database transaction in it rolls back) and the result is [`Error::Lost`]. Inside `fut`,
+    /// [`fencing_token()`](crate::fencing_token) returns this acquisition's fencing token, and a
+    /// nested `run` (or `#[distributed_lock]` call) for the same key on the same locker in the
+    /// same task enters at once instead of deadlocking.
+    ///
+    /// ```no_run
+    /// # async fn demo(locker: lockattr::Locker) -> Result<(), lockattr::Error> {
+    /// let total = locker
+    ///     .lock("stock:42")
+    ///     .run(async {
+    ///         let token = lockattr::fencing_token().unwrap();
+    ///         // read, check, write with `token` ...
+    ///         token
+    ///     })
+    ///     .await?;
+    /// # let _ = total;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::InvalidKey`], [`Error::Redis`] before `fut` starts (it then
+    /// never runs), [`Error::Lost`] when the lock was lost while it ran.
+    pub async fn run<F: Future>(self, fut: F) -> Result<F::Output, Error> {
+        crate::context::run(self, fut).await
+    }
+
+    pub(crate) fn locker(&self) -> &Locker {
+        &self.locker
+    }
+
+    pub(crate) fn key(&self) -> Result<&LockKey, &Error> {
+        self.key.as_ref()
+    }
+
+    pub(crate) async fn acquire(self) -> Result<LockGuard, Error> {
+        let LockRequest {
+            locker,
+            key,
+            wait,
+            lease,
+            renew,
+        } = self;
+        let key = key?;
+        let config = &locker.inner.config;
+        let wait = wait.unwrap_or(config.default_wait);
+        let lease = lease.unwrap_or(config.default_lease);
+        if lease < Duration::from_millis(1) {
+            return Err(Error::config(format!(
+                "lease for `{}` is {lease:?}; a lease must be at least 1 ms",
+                key.display
+            )));
+        }
+        let started = Instant::now();
+        let attempt = Attempt {
+            names: Arc::new(locker.names(&key)),
+            key: Arc::from(key.display.as_str()),
+            locker,
+            lease,
+            renew,
+            started,
+            deadline: started.checked_add(wait),
+        };
+        let entry = enter(
+            &attempt.locker,
+            &attempt.names.lock,
+            !wait.is_zero(),
+            lease,
+            renew,
+        );
+        let slot = match entry {
+            Entry::Slot(slot) => slot,
+            Entry::Busy => return Err(attempt.timeout()),
+            Entry::Queued(mut ticket) => {
+                let Some(rx) = ticket.rx.as_mut() else {
+                    return Err(attempt.timeout());
+                };
+                let baton = match attempt.deadline {
+                    Some(d) => tokio::time::timeout_at(d, rx).await,
+                    None => Ok(rx.await),
+                };
+                match baton {
+                    Ok(Ok(Baton::Held(guard))) => {
+                        observe::acquired(&attempt.key, started.elapsed(), guard.fencing_token());
+                        return Ok(guard);
+                    }
+                    Ok(Ok(Baton::Contend(slot))) => slot,
+                    // The sender is never dropped without sending; treat it as a timeout.
+                    Ok(Err(_)) | Err(_) => return Err(attempt.timeout()),
+                }
+            }
+        };
+        attempt.contend(slot).await
+    }
+}
+
+impl IntoFuture for LockRequest {
+    type Output = Result<LockGuard, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<LockGuard, Error>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.acquire())
+    }
+}
+
+struct Attempt {
+    locker: Locker,
+    key: Arc<str>,
+    names: Arc<RedisNames>,
+    lease: Duration,
+    renew: bool,
+    started: Instant,
+    deadline: Option<Instant>,
+}
+
+/// A token sent with an acquire whose answer has not arrived. If the attempt is dropped (or
+/// Redis fails) before the answer, the lock may have been granted to it: release it in the
+/// background.
+struct InFlight<'a> {
+    attempt: &'a Attempt,
+    token: Option<String>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let locker = self.attempt.locker.clone();
+        let names = self.attempt.names.clone();
+        rt.spawn(async move {
+            let _: Result<i64, Error> = locker
+                .eval(
+                    "release",
+                    scripts::RELEASE
+                        .key(&names.lock)
+                        .arg(&token)
+                        .arg(&names.channel),
+                )
+                .await;
+        });
+    }
+}
+
+impl Attempt {
+    fn timeout(&self) -> Error {
+        let waited = self.started.elapsed();
+        observe::timed_out(&self.key, waited);
+        Error::Timeout {
+            key: self.key.to_string(),
+            waited,
+        }
+    }
+
+    /// Owns the slot: talk to Redis until the lock is ours or the wait is over.
+    async fn contend(&self, mut slot: Slot) -> Result<LockGuard, Error> {
+        let fence_ttl = self.locker.inner.config.fence_ttl_ms(self.lease);
+        loop {
+            let token = new_token();
+            let mut flight = InFlight {
+                attempt: self,
+                token: Some(token.clone()),
+            };
+            let sent_at = Instant::now();
+            let (taken, value): (i64, i64) = self
+                .locker
+                .eval(
+                    "acquire",
+                    scripts::ACQUIRE
+                        .key(&self.names.lock)
+                        .key(&self.names.fence)
+                        .arg(&token)
+                        .arg(millis(self.lease))
+                        .arg(fence_ttl),
+                )
+                .await?;
+            flight.token = None;
+            drop(flight);
+            if taken == 1 {
+                slot.sub = None;
+                slot.taken_from_free();
+                let fence = u64::try_from(value).unwrap_or(0);
+                let held = Held::start(
+                    slot,
+                    self.key.clone(),
+                    self.names.clone(),
+                    token,
+                    fence,
+                    self.lease,
+                    self.renew,
+                    sent_at,
+                );
+                observe::acquired(&self.key, self.started.elapsed(), fence);
+                return Ok(new_guard(held));
+            }
+            let now = Instant::now();
+            let remaining = match self.deadline {
+                Some(d) if d <= now => return Err(self.timeout()),
+                Some(d) => d - now,
+                None => Duration::MAX,
+            };
+            let Some(sub) = slot.sub.as_ref() else {
+                // Subscribe, then try again at once: a release published before the
+                // subscription was confirmed would otherwise be missed.
+                slot.sub = Some(self.locker.inner.hub.subscribe(&self.names.channel).await);
+                continue;
+            };
+            // Fallback timer: the holder's remaining TTL (a crashed holder's lock expires
+            // without any announcement), shorter when pub/sub is not working.
+            let mut fallback = match u64::try_from(value) {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms + 1),
+                _ => Duration::from_millis(100),
+            };
+            if !sub.confirmed {
+                fallback = fallback.min(Duration::from_millis(250));
+            }
+            let sleep = fallback.min(remaining);
+            tokio::select! {
+                () = sub.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! A separate OS process for the multi-process tests.
+//!
+//! `lockattr-test-worker increment <url> <key> <tasks> <iterations>`: `tasks` tasks each take
+//! the lock `iterations` times and do a non-atomic GET-then-SET increment of `counter:<key>`
+//! with an overlap check inside the critical section; prints `done <acquisitions> <overlaps>`.
+//!
+//! `lockattr-test-worker hold <url> <key> <lease_ms>`: takes the lock with renewal on, prints
+//! `held <fencing token>`, then sleeps until killed (at most 60 s).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| -> &str {
+        args.get(i)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("missing argument {i}; see the worker's docs"))
+    };
+    let num = |i: usize| -> u64 { arg(i).parse().expect("a number") };
+    match arg(1) {
+        "increment" => increment(arg(2), arg(3), num(4), num(5)).await,
+        "hold" => hold(arg(2), arg(3), num(4)).await,
+        other => panic!("unknown worker mode {other}"),
+    }
+}
+
+async fn increment(url: &str, key: &str, tasks: u64, iterations: u64) {
+    let locker = lockattr::Locker::builder(url)
+        .default_wait(Duration::from_secs(60))
+        .build()
+        .await
+        .expect("connect");
+    let redis = redis::Client::open(url).expect("url");
+    let conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let inside = Arc::new(AtomicBool::new(false));
+    let overlaps = Arc::new(AtomicU64::new(0));
+    let acquisitions = Arc::new(AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (locker, mut conn) = (locker.clone(), conn.clone());
+        let (inside, overlaps, acquisitions) =
+            (inside.clone(), overlaps.clone(), acquisitions.clone());
+        let key = key.to_owned();
+        handles.push(tokio::spawn(async move {
+            for _ in 0..iterations {
+                let guard = locker.lock(&key).await.expect("lock");
+                if inside.swap(true, Ordering::SeqCst) {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                let counter = format!("counter:{key}");
+                let v: Option<u64> = redis::cmd("GET")
+                    .arg(&counter)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("GET");
+                tokio::task::yield_now().await;
+                let _: () = redis::cmd("SET")
+                    .arg(&counter)
+                    .arg(v.unwrap_or(0) + 1)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("SET");
+                acquisitions.fetch_add(1, Ordering::SeqCst);
+                inside.store(false, Ordering::SeqCst);
+                guard.release().await.expect("release");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    println!(
+        "done {} {}",
+        acquisitions.load(Ordering::SeqCst),
+        overlaps.load(Ordering::SeqCst)
+    );
+}
+
+async fn hold(url: &str, key: &str, lease_ms: u64) {
+    let locker = lockattr::Locker::connect(url).await.expect("connect");
+    let guard = locker
+        .lock(key)
+        .lease(Duration::from_millis(lease_ms))
+        .await
+        .expect("lock");
+    println!("held {}", guard.fencing_token());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    drop(guard);
+}

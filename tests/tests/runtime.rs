@@ -1,0 +1,562 @@
+//! The runtime against real redis-server processes: exclusion, token safety, leases,
+//! cancellation, waiting without spinning, faults and keys.
+
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockattr::{Error, Locker};
+use lockattr_tests::RedisServer;
+use redis::Commands;
+
+async fn locker(server: &RedisServer) -> Locker {
+    Locker::builder(server.url())
+        .default_wait(Duration::from_secs(20))
+        .operation_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .expect("connect to test redis")
+}
+
+/// Polls `cond` every 10 ms for at most `limit`; returns whether it became true.
+async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+fn lock_keys(server: &RedisServer) -> Vec<String> {
+    server
+        .keys()
+        .into_iter()
+        .filter(|k| !k.ends_with(":fence") && !k.starts_with("counter:"))
+        .collect()
+}
+
+fn subscribers(server: &RedisServer, channel: &str) -> i64 {
+    let v: (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut server.conn())
+        .expect("PUBSUB NUMSUB");
+    v.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_release_and_redis_layout() {
+    let server = RedisServer::start();
+    let locker = locker(&server).await;
+    let guard = locker.lock("party:42").await.unwrap();
+    assert_eq!(guard.key(), "party:42");
+    assert!(guard.is_held());
+    let token: String = server.conn().get("lock:{party:42}").unwrap();
+    assert_eq!(token.len(), 32, "a 128-bit hex token, got {token}");
+    let fence: u64 = server.conn().get("lock:{party:42}:fence").unwrap();
+    assert_eq!(fence, guard.fencing_token());
+    let ttl: i64 = server.conn().pttl("lock:{party:42}").unwrap();
+    assert!(ttl > 25_000 && ttl <= 30_000, "default lease 30 s, pttl {ttl}");
+    guard.release().await.unwrap();
+    assert!(lock_keys(&server).is_empty());
+    assert_eq!(locker.redis_key("party:42").unwrap(), "lock:{party:42}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_exclusion_across_lockers_and_processes() {
+    let server = RedisServer::start();
+    let worker = env!("CARGO_BIN_EXE_lockattr-test-worker");
+    // Two other OS processes with 20 tasks x 5 iterations each...
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(worker)
+                .args(["increment", &server.url(), "shared", "20", "5"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect();
+    // ...and three Lockers (separate connections) in this process with 40 tasks x 5.
+    let lockers = [
+        locker(&server).await,
+        locker(&server).await,
+        locker(&server).await,
+    ];
+    let inside = Arc::new(AtomicBool::new(false));
+    let overlaps = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let locker = lockers[i % 3].clone();
+        let client = server.client();
+        let (inside, overlaps) = (inside.clone(), overlaps.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            for _ in 0..5 {
+                let guard = locker.lock("shared").await.unwrap();
+                if inside.swap(true, Ordering::SeqCst) {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                let v: Option<u64> = redis::AsyncCommands::get(&mut conn, "counter:shared")
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+                let _: () = redis::AsyncCommands::set(&mut conn, "counter:shared", v.unwrap_or(0) + 1)
+                    .await
+                    .unwrap();
+                inside.store(false, Ordering::SeqCst);
+                guard.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut child_acquisitions = 0;
+    for child in children {
+        let out = child.wait_with_output().expect("worker output");
+        assert!(out.status.success(), "worker failed: {out:?}");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let parts: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(parts.len(), 2, "worker said {line:?}");
+        assert_eq!(parts[1], 0, "overlap seen inside a worker process");
+        child_acquisitions += parts[0];
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "overlap seen in this process");
+    let total: u64 = server.conn().get("counter:shared").unwrap();
+    assert_eq!(child_acquisitions, 200);
+    assert_eq!(
+        total,
+        200 + 200,
+        "every GET-then-SET increment survived: no two holders were ever inside together"
+    );
+    assert!(lock_keys(&server).is_empty(), "{:?}", server.keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_strictly_increase() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let b = locker(&server).await;
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let locker = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let tokens = tokens.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let g = locker.lock("fenced").await.unwrap();
+                tokens.lock().unwrap().push(g.fencing_token());
+                g.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let tokens = tokens.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 100);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens in acquisition order must strictly increase: {tokens:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_guard_cannot_release_or_extend_the_next_holders_lock() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let b = locker(&server).await;
+    let first = a
+        .lock("k")
+        .lease(Duration::from_millis(100))
+        .renew(false)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), first.lost())
+        .await
+        .expect("a fixed lease runs out and the guard reports it");
+    assert!(!first.is_held());
+    let second = b.lock("k").wait(Duration::from_secs(2)).await.unwrap();
+    let owner: String = server.conn().get("lock:{k}").unwrap();
+    assert!(matches!(
+        first.extend(Duration::from_secs(10)).await,
+        Err(Error::Lost { .. })
+    ));
+    assert!(matches!(first.release().await, Err(Error::Lost { .. })));
+    let still: String = server.conn().get("lock:{k}").unwrap();
+    assert_eq!(owner, still, "the second holder's lock is untouched");
+    assert!(second.is_held());
+    assert!(second.fencing_token() > 1);
+    second.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_keeps_a_long_body_protected() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let b = locker(&server).await;
+    let lease = Duration::from_millis(300);
+    let out = a
+        .lock("long")
+        .lease(lease)
+        .run(async {
+            // 5x the lease; every 100 ms another locker tries and must fail.
+            for _ in 0..15 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(matches!(
+                    b.try_lock("long").await,
+                    Err(Error::Timeout { .. })
+                ));
+            }
+            "finished"
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, "finished");
+    assert!(lock_keys(&server).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_lease_loss_cancels_the_body() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let reached_end = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let r = a
+        .lock("fixed")
+        .lease(Duration::from_millis(200))
+        .renew(false)
+        .run({
+            let reached_end = reached_end.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                reached_end.store(true, Ordering::SeqCst);
+            }
+        })
+        .await;
+    assert!(matches!(r, Err(Error::Lost { ref key }) if key == "fixed"), "{r:?}");
+    assert!(!reached_end.load(Ordering::SeqCst), "the body was cancelled");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_holder_process_frees_the_lock_within_the_lease() {
+    let server = RedisServer::start();
+    let worker = env!("CARGO_BIN_EXE_lockattr-test-worker");
+    let mut child = std::process::Command::new(worker)
+        .args(["hold", &server.url(), "victim", "1000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("held"), "{line}");
+    // The holder renews: well past its lease it still holds the lock.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let a = locker(&server).await;
+    assert!(a.try_lock("victim").await.is_err());
+    child.kill().unwrap(); // SIGKILL: no release, no renewal
+    child.wait().unwrap();
+    let killed = Instant::now();
+    let g = a
+        .lock("victim")
+        .wait(Duration::from_secs(5))
+        .await
+        .expect("the lock frees itself once the dead holder's lease runs out");
+    let waited = killed.elapsed();
+    assert!(waited <= Duration::from_millis(1300), "waited {waited:?}");
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_guard_releases_promptly() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let g = a.lock("dropped").lease(Duration::from_secs(30)).await.unwrap();
+    drop(g);
+    assert!(
+        eventually(Duration::from_secs(1), || lock_keys(&server).is_empty()).await,
+        "released in the background, not after the 30 s lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_acquire_futures_leave_nothing_behind() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let b = locker(&server).await;
+    // 1. Dropped while the lock is free: every point of the acquire, including just after the
+    //    SET went out (the race where Redis grants the lock to a future that is gone).
+    for micros in [0u64, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000] {
+        let _ = tokio::time::timeout(Duration::from_micros(micros), a.lock("c1").into_future())
+            .await;
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || lock_keys(&server).is_empty()).await,
+        "left behind: {:?}",
+        server.keys()
+    );
+    // 2. Dropped while waiting (queued locally and contending in Redis).
+    let holder = b.lock("c2").await.unwrap();
+    for micros in [0u64, 100, 1000, 5000, 20_000] {
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_micros(micros), a.lock("c2").into_future()).await;
+                })
+            })
+            .collect();
+        for w in waiters {
+            w.await.unwrap();
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || subscribers(&server, "lock:{c2}:released") == 0).await,
+        "the subscription is dropped when nobody waits"
+    );
+    holder.release().await.unwrap();
+    // Nothing local is left either: a try_lock goes straight to Redis and wins.
+    let g = a.try_lock("c2").await.expect("no stale local queue entry");
+    g.release().await.unwrap();
+    assert!(lock_keys(&server).is_empty(), "{:?}", server.keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_does_not_spin() {
+    let server = RedisServer::start();
+    let holder_locker = locker(&server).await;
+    let waiters_locker = locker(&server).await;
+    let holder = holder_locker.lock("hot").await.unwrap();
+    server.reset_stats();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let l = waiters_locker.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = l.lock("hot").await.unwrap();
+            g.release().await.unwrap();
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during_wait: u64 = server
+        .command_counts()
+        .iter()
+        .filter(|(name, _)| name.as_str() != "config" && name.as_str() != "info")
+        .map(|(_, n)| n)
+        .sum();
+    // One contender: a failed attempt (EVALSHA, SET, PTTL), SUBSCRIBE, a retry (3 more).
+    assert!(
+        during_wait <= 10,
+        "50 tasks waiting 500 ms cost {during_wait} commands: {:?}",
+        server.command_counts()
+    );
+    server.reset_stats();
+    holder.release().await.unwrap();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("all waiters get the lock")
+            .unwrap();
+    }
+    let after: u64 = server
+        .command_counts()
+        .iter()
+        .filter(|(name, _)| name.as_str() != "config" && name.as_str() != "info")
+        .map(|(_, n)| n)
+        .sum();
+    let per_acquisition = after as f64 / 50.0;
+    assert!(
+        per_acquisition <= 6.0,
+        "{per_acquisition:.1} commands per acquisition: {:?}",
+        server.command_counts()
+    );
+    assert!(lock_keys(&server).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_a_waiter_of_another_process_at_once() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let b = locker(&server).await;
+    let g = a.lock("wake").lease(Duration::from_secs(30)).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let g = b.lock("wake").await.unwrap();
+        let at = Instant::now();
+        g.release().await.unwrap();
+        at
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let released = Instant::now();
+    g.release().await.unwrap();
+    let acquired = waiter.await.unwrap();
+    // Pub/sub, not the 30 s TTL fallback.
+    assert!(acquired.duration_since(released) < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_zero_is_one_attempt_and_timeouts_say_so() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let b = locker(&server).await;
+    let g = a.lock("busy").await.unwrap();
+    server.reset_stats();
+    match b.try_lock("busy").await {
+        Err(Error::Timeout { key, waited }) => {
+            assert_eq!(key, "busy");
+            assert!(waited < Duration::from_millis(500));
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert_eq!(server.command_counts().get("evalsha"), Some(&1), "a single attempt");
+    // Same process: refused locally without a round trip.
+    assert!(matches!(a.try_lock("busy").await, Err(Error::Timeout { .. })));
+    let started = Instant::now();
+    let r = b.lock("busy").wait(Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(Error::Timeout { .. })));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_a_holder_is_detected_as_loss() {
+    let mut server = RedisServer::start();
+    let a = locker(&server).await;
+    let g = a.lock("restart").lease(Duration::from_millis(600)).await.unwrap();
+    server.restart(); // same port, empty data: the lock is gone
+    tokio::time::timeout(Duration::from_secs(3), g.lost())
+        .await
+        .expect("renewal notices that the lock vanished");
+    assert!(matches!(g.release().await, Err(Error::Lost { .. })));
+    // The connection recovered by itself.
+    let g2 = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match a.lock("restart").await {
+                Ok(g) => break g,
+                Err(Error::Redis(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("reconnects after the restart");
+    g2.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_acquire_fails_promptly_with_a_redis_error() {
+    let mut server = RedisServer::start();
+    let a = locker(&server).await;
+    server.kill();
+    let started = Instant::now();
+    let r = a.lock("down").wait(Duration::from_secs(30)).await;
+    assert!(matches!(r, Err(Error::Redis(_))), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the operation timeout, took {:?}",
+        started.elapsed()
+    );
+    // A paused (unresponsive) server is bounded too.
+    let paused = RedisServer::start();
+    let p = locker(&paused).await;
+    paused.pause();
+    let started = Instant::now();
+    let r = p.lock("down").await;
+    paused.resume();
+    assert!(matches!(r, Err(Error::Redis(_))), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // And connecting to nothing fails promptly.
+    let started = Instant::now();
+    let r = Locker::builder(format!("redis://127.0.0.1:{}", lockattr_tests::free_port()))
+        .operation_timeout(Duration::from_millis(500))
+        .build()
+        .await;
+    assert!(matches!(r, Err(Error::Redis(_))), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_escaped_and_bounded() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    for (key, redis_key) in [
+        ("a:b", "lock:{a:b}"),
+        ("x}y{z", "lock:{x%7Dy%7Bz}"),
+        ("line\nbreak", "lock:{line%0Abreak}"),
+        ("100%", "lock:{100%25}"),
+    ] {
+        let g = a.lock(key).await.unwrap();
+        assert_eq!(lock_keys(&server), vec![redis_key.to_owned()]);
+        assert_eq!(g.key(), key);
+        g.release().await.unwrap();
+    }
+    // Distinct keys stay distinct even when one looks like the other's escaped form.
+    let g1 = a.lock("{").await.unwrap();
+    let g2 = a.try_lock("%7B").await.expect("a different lock");
+    g1.release().await.unwrap();
+    g2.release().await.unwrap();
+    for bad in [String::new(), "k".repeat(lockattr::MAX_KEY_LEN + 1)] {
+        match a.lock(bad).await {
+            Err(Error::InvalidKey { reason, .. }) => assert!(!reason.is_empty()),
+            other => panic!("expected InvalidKey, got {other:?}"),
+        }
+    }
+    assert!(lock_keys(&server).is_empty());
+    assert!(matches!(
+        Locker::builder(server.url()).namespace("a{b").build().await,
+        Err(Error::InvalidConfig { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_moves_the_lease() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let g = a
+        .lock("ext")
+        .lease(Duration::from_millis(300))
+        .renew(false)
+        .await
+        .unwrap();
+    g.extend(Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(g.is_held(), "extended past the original lease");
+    let ttl: i64 = server.conn().pttl("lock:{ext}").unwrap();
+    assert!(ttl > 3000, "pttl {ttl}");
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reentrant_run_and_fencing_token_in_context() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    assert_eq!(lockattr::fencing_token(), None);
+    let (outer, inner) = a
+        .lock("re")
+        .run(async {
+            let outer = lockattr::fencing_token().unwrap();
+            let inner = a
+                .lock("re")
+                .wait(Duration::ZERO)
+                .run(async { lockattr::fencing_token().unwrap() })
+                .await
+                .expect("re-entry does not deadlock or time out");
+            (outer, inner)
+        })
+        .await
+        .unwrap();
+    assert_eq!(outer, inner);
+    assert!(lock_keys(&server).is_empty());
+}
