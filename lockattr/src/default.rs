@@ -33,5 +33,8 @@ pub fn default_locker() -> Option<Locker> {
 
 /// Removes the process default (for tests); returns it.
 pub fn clear_default() -> Option<Locker> {
-    DEFAULT.write().unwrap_or_else(PoisonError::into_inner).take()
+    DEFAULT
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
 }

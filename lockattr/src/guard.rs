@@ -1,18 +1,17 @@
-//! `LockGuard`: a held lock, its lease watchdog, and release (with in-process handoff).
+//! `LockGuard`: a held lock and its release (with in-process handoff).
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::key::RedisNames;
 use crate::locker::{millis, Locker};
 use crate::observe;
 use crate::queue::{Slot, Waiter};
+use crate::renewal::Job;
 use crate::scripts;
 use crate::Error;
 
@@ -39,46 +38,8 @@ pub struct LockGuard {
 /// The state of a held lock.
 pub(crate) struct Held {
     pub(crate) slot: Slot,
-    key: Arc<str>,
-    names: Arc<RedisNames>,
-    token: String,
     fence: u64,
-    shared: Arc<Shared>,
-    watchdog: Option<JoinHandle<()>>,
-}
-
-/// What the guard and its watchdog share.
-struct Shared {
-    lost: watch::Sender<bool>,
-    timing: Mutex<Timing>,
-    renew: bool,
-}
-
-#[derive(Clone, Copy)]
-struct Timing {
-    /// When the lease runs out at the earliest, in local time: measured from the moment the
-    /// command that set it was *sent*, so it is never later than Redis's own expiry.
-    deadline: Instant,
-    lease: Duration,
-}
-
-impl Shared {
-    fn timing(&self) -> Timing {
-        *self.timing.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set_timing(&self, t: Timing) {
-        *self.timing.lock().unwrap_or_else(PoisonError::into_inner) = t;
-    }
-
-    fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
-
-    /// Marks the lock lost; returns `true` the first time.
-    fn mark_lost(&self) -> bool {
-        !self.lost.send_replace(true)
-    }
+    job: Arc<Job>,
 }
 
 /// A fresh 128-bit random owner token, as 32 hex digits.
@@ -87,8 +48,8 @@ pub(crate) fn new_token() -> String {
 }
 
 impl Held {
-    /// Starts holding: spawns the watchdog that renews the lease or, for a fixed lease, marks
-    /// the lock lost when it runs out.
+    /// Starts holding: registers the lease upkeep (renewal every lease/3, or loss at the end of
+    /// a fixed lease) with the locker's scheduler.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         slot: Slot,
@@ -100,116 +61,43 @@ impl Held {
         renew: bool,
         sent_at: Instant,
     ) -> Held {
-        let (lost, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            lost,
-            timing: Mutex::new(Timing {
-                deadline: sent_at + lease,
-                lease,
-            }),
-            renew,
-        });
-        let watchdog = tokio::spawn(watchdog(
+        let job = Job::new(
             slot.locker.clone(),
-            names.clone(),
-            key.clone(),
-            token.clone(),
-            shared.clone(),
-        ));
-        Held {
-            slot,
             key,
             names,
             token,
-            fence,
-            shared,
-            watchdog: Some(watchdog),
-        }
+            lease,
+            renew,
+            sent_at,
+        );
+        Held { slot, fence, job }
     }
 
     fn locker(&self) -> &Locker {
         &self.slot.locker
     }
 
-    fn stop_watchdog(&mut self) {
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
-        }
+    fn key(&self) -> &Arc<str> {
+        &self.job.key
+    }
+
+    fn names(&self) -> &Arc<RedisNames> {
+        &self.job.names
+    }
+
+    fn token(&self) -> &str {
+        &self.job.token
+    }
+
+    /// Stops renewal for good; idempotent.
+    fn stop_upkeep(&self) {
+        self.job.cancel();
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.stop_watchdog();
-    }
-}
-
-/// Renews the lease every lease/3 while the guard lives (or waits out a fixed lease), and marks
-/// the lock lost when it cannot be kept. Aborted when the guard is released or dropped.
-async fn watchdog(
-    locker: Locker,
-    names: Arc<RedisNames>,
-    key: Arc<str>,
-    token: String,
-    shared: Arc<Shared>,
-) {
-    let mut retry_soon = false;
-    loop {
-        let Timing { deadline, lease } = shared.timing();
-        let now = Instant::now();
-        if now >= deadline {
-            if shared.mark_lost() {
-                observe::lost(&key, "the lease ran out before it could be renewed");
-            }
-            return;
-        }
-        if !shared.renew {
-            // `extend` may move the deadline; the loop looks again when this one passes.
-            tokio::time::sleep_until(deadline).await;
-            continue;
-        }
-        let step = if retry_soon {
-            (lease / 10).min(Duration::from_millis(250))
-        } else {
-            lease / 3
-        };
-        tokio::time::sleep_until(deadline.min(now + step)).await;
-        if Instant::now() >= shared.timing().deadline {
-            continue;
-        }
-        let lease = shared.timing().lease;
-        let sent_at = Instant::now();
-        let fence_ttl = locker.inner.config.fence_ttl_ms(lease);
-        let res: Result<i64, Error> = locker
-            .eval(
-                "renew",
-                scripts::RENEW
-                    .key(&names.lock)
-                    .key(&names.fence)
-                    .arg(&token)
-                    .arg(millis(lease))
-                    .arg(fence_ttl),
-            )
-            .await;
-        match res {
-            Ok(1) => {
-                retry_soon = false;
-                shared.set_timing(Timing {
-                    deadline: sent_at + lease,
-                    lease,
-                });
-            }
-            Ok(_) => {
-                if shared.mark_lost() {
-                    observe::lost(&key, "renewal found the lock expired or owned by another token");
-                }
-                return;
-            }
-            Err(e) => {
-                observe::renew_failed(&key, &e);
-                retry_soon = true;
-            }
-        }
+        self.stop_upkeep();
     }
 }
 
@@ -221,7 +109,7 @@ impl LockGuard {
 
     /// The lock's key, as the caller wrote it.
     pub fn key(&self) -> &str {
-        &self.held().key
+        self.held().key()
     }
 
     /// The fencing token of this acquisition: a number that is strictly greater than the one
@@ -240,7 +128,7 @@ impl LockGuard {
     /// renewed) has not run out.
     pub fn is_held(&self) -> bool {
         let h = self.held();
-        !h.shared.is_lost() && Instant::now() < h.shared.timing().deadline
+        !h.job.is_lost() && Instant::now() < h.job.deadline()
     }
 
     /// Resolves when the lock is lost (immediately if it already is). Never resolves while the
@@ -258,7 +146,7 @@ impl LockGuard {
     /// # }
     /// ```
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.held().shared.lost.subscribe();
+        let mut rx = self.held().job.lost.subscribe();
         async move {
             if rx.wait_for(|lost| *lost).await.is_err() {
                 // The guard is gone without the lock being lost: never resolve.
@@ -278,9 +166,9 @@ impl LockGuard {
             return Err(Error::config("a lease must be at least 1 ms"));
         }
         let h = self.held();
-        if h.shared.is_lost() {
+        if h.job.is_lost() {
             return Err(Error::Lost {
-                key: h.key.to_string(),
+                key: h.key().to_string(),
             });
         }
         let sent_at = Instant::now();
@@ -290,25 +178,21 @@ impl LockGuard {
             .eval(
                 "extend",
                 scripts::RENEW
-                    .key(&h.names.lock)
-                    .key(&h.names.fence)
-                    .arg(&h.token)
+                    .key(&h.names().lock)
+                    .key(&h.names().fence)
+                    .arg(h.token())
                     .arg(millis(lease))
                     .arg(fence_ttl),
             )
             .await?;
         if extended == 1 {
-            h.shared.set_timing(Timing {
-                deadline: sent_at + lease,
-                lease,
-            });
+            h.job.renewed(sent_at, lease);
             Ok(())
         } else {
-            if h.shared.mark_lost() {
-                observe::lost(&h.key, "extend found the lock expired or owned by another token");
-            }
+            h.job
+                .mark_lost("extend found the lock expired or owned by another token");
             Err(Error::Lost {
-                key: h.key.to_string(),
+                key: h.key().to_string(),
             })
         }
     }
@@ -333,10 +217,10 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        let Some(mut held) = self.st.take() else {
+        let Some(held) = self.st.take() else {
             return;
         };
-        held.stop_watchdog();
+        held.stop_upkeep();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
@@ -345,7 +229,7 @@ impl Drop for LockGuard {
             }
             Err(_) => {
                 tracing::warn!(
-                    key = %held.key,
+                    key = %held.key(),
                     "lockattr: LockGuard dropped outside a Tokio runtime; the lock expires with its lease"
                 );
             }
@@ -358,9 +242,9 @@ impl fmt::Debug for LockGuard {
         match &self.st {
             Some(h) => f
                 .debug_struct("LockGuard")
-                .field("key", &h.key)
+                .field("key", h.key())
                 .field("fencing_token", &h.fence)
-                .field("lost", &h.shared.is_lost())
+                .field("lost", &h.job.is_lost())
                 .finish_non_exhaustive(),
             None => f.write_str("LockGuard(released)"),
         }
@@ -370,7 +254,7 @@ impl fmt::Debug for LockGuard {
 impl fmt::Debug for Held {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Held")
-            .field("key", &self.key)
+            .field("key", self.key())
             .field("fence", &self.fence)
             .finish_non_exhaustive()
     }
@@ -405,9 +289,9 @@ impl Releasing {
             let Some(held) = self.held.as_mut() else {
                 return Ok(());
             };
-            held.stop_watchdog();
-            if held.shared.is_lost() {
-                let key = held.key.to_string();
+            held.stop_upkeep();
+            if held.job.is_lost() {
+                let key = held.key().to_string();
                 self.held = None; // the slot passes on; the key is someone else's now
                 return Err(Error::Lost { key });
             }
@@ -426,9 +310,9 @@ impl Releasing {
                 .eval(
                     "handoff",
                     scripts::HANDOFF
-                        .key(&held.names.lock)
-                        .key(&held.names.fence)
-                        .arg(&held.token)
+                        .key(&held.names().lock)
+                        .key(&held.names().fence)
+                        .arg(held.token())
                         .arg(&token)
                         .arg(millis(lease)),
                 )
@@ -441,15 +325,15 @@ impl Releasing {
                     };
                     let next = Held::start(
                         held.slot.take(),
-                        held.key.clone(),
-                        held.names.clone(),
+                        held.key().clone(),
+                        held.names().clone(),
                         token,
                         fence,
                         lease,
                         renew,
                         sent_at,
                     );
-                    observe::handed_off(&held.key, fence);
+                    observe::handed_off(held.key(), fence);
                     self.held = None;
                     match waiter.give_lock(new_guard(next)) {
                         Ok(()) => return Ok(()),
@@ -459,10 +343,8 @@ impl Releasing {
                 }
                 Ok(_) => {
                     self.new_token = None;
-                    if held.shared.mark_lost() {
-                        observe::lost(&held.key, "found expired or taken at release");
-                    }
-                    let key = held.key.to_string();
+                    held.job.mark_lost("found expired or taken at release");
+                    let key = held.key().to_string();
                     let slot = held.slot.take();
                     self.held = None;
                     if let Some(w) = self.waiter.take() {
@@ -484,12 +366,12 @@ impl Releasing {
             .eval(
                 "release",
                 scripts::RELEASE
-                    .key(&held.names.lock)
-                    .arg(&held.token)
-                    .arg(&held.names.channel),
+                    .key(&held.names().lock)
+                    .arg(held.token())
+                    .arg(&held.names().channel),
             )
             .await;
-        let key = held.key.to_string();
+        let key = held.key().to_string();
         self.held = None; // passes the slot to the next waiter, which contends in Redis
         match released {
             Ok(1) => {
@@ -510,7 +392,7 @@ impl Drop for Releasing {
         let Some(mut held) = self.held.take() else {
             return;
         };
-        held.stop_watchdog();
+        held.stop_upkeep();
         let waiter = self.waiter.take();
         let new_token = self.new_token.take();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -518,14 +400,14 @@ impl Drop for Releasing {
         };
         rt.spawn(async move {
             let locker = held.locker().clone();
-            for token in new_token.iter().chain(std::iter::once(&held.token)) {
+            for token in new_token.iter().map(String::as_str).chain([held.token()]) {
                 let _: Result<i64, Error> = locker
                     .eval(
                         "release",
                         scripts::RELEASE
-                            .key(&held.names.lock)
+                            .key(&held.names().lock)
                             .arg(token)
-                            .arg(&held.names.channel),
+                            .arg(&held.names().channel),
                     )
                     .await;
             }

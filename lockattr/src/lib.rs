@@ -135,6 +135,7 @@ mod locker;
 mod observe;
 mod pubsub;
 mod queue;
+mod renewal;
 mod request;
 mod scripts;
 

@@ -10,6 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::key::{validate_namespace, LockKey, RedisNames};
 use crate::pubsub::Hub;
 use crate::queue::KeyLocal;
+use crate::renewal::{SchedulerTask, Timers};
 use crate::request::LockRequest;
 use crate::Error;
 
@@ -54,6 +55,9 @@ pub(crate) struct Inner {
     /// Per-key local state (holder flag and FIFO of waiting tasks), keyed by the lock's Redis
     /// name. An entry exists only while a task of this process holds or wants the key.
     pub(crate) keys: Mutex<HashMap<String, KeyLocal>>,
+    /// Lease upkeep of every lock held through this locker.
+    pub(crate) timers: Arc<Timers>,
+    _scheduler: SchedulerTask,
 }
 
 #[derive(Clone, Debug)]
@@ -250,7 +254,9 @@ impl LockerBuilder {
             return Err(Error::config("the operation timeout must not be zero"));
         }
         if config.fence_ttl < Duration::from_secs(1) {
-            return Err(Error::config("the fencing counter TTL must be at least 1 s"));
+            return Err(Error::config(
+                "the fencing counter TTL must be at least 1 s",
+            ));
         }
         let client = redis::Client::open(self.url.as_str())?;
         let manager_config = ConnectionManagerConfig::new()
@@ -272,12 +278,16 @@ impl LockerBuilder {
         // reloaded on demand after a Redis restart anyway.
         let _ = tokio::time::timeout(config.op_timeout, load.exec_async(&mut conn)).await;
         let hub = Hub::start(client, config.op_timeout);
+        let timers = Arc::new(Timers::new());
+        let scheduler = SchedulerTask(tokio::spawn(timers.clone().run()));
         Ok(Locker {
             inner: Arc::new(Inner {
                 conn,
                 config,
                 hub,
                 keys: Mutex::new(HashMap::new()),
+                timers,
+                _scheduler: scheduler,
             }),
         })
     }

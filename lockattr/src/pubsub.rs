@@ -106,7 +106,11 @@ impl Hub {
             confirmed: false,
         };
         let (tx, rx) = oneshot::channel();
-        if self.cmds.send(Cmd::Subscribe(channel.to_owned(), tx)).is_ok() {
+        if self
+            .cmds
+            .send(Cmd::Subscribe(channel.to_owned(), tx))
+            .is_ok()
+        {
             // The task bounds its own Redis calls; this timeout only guards a stuck task.
             if let Ok(Ok(ok)) = tokio::time::timeout(self.op_timeout * 2, rx).await {
                 sub.confirmed = ok;

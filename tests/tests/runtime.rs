@@ -60,7 +60,10 @@ async fn lock_release_and_redis_layout() {
     let fence: u64 = server.conn().get("lock:{party:42}:fence").unwrap();
     assert_eq!(fence, guard.fencing_token());
     let ttl: i64 = server.conn().pttl("lock:{party:42}").unwrap();
-    assert!(ttl > 25_000 && ttl <= 30_000, "default lease 30 s, pttl {ttl}");
+    assert!(
+        ttl > 25_000 && ttl <= 30_000,
+        "default lease 30 s, pttl {ttl}"
+    );
     guard.release().await.unwrap();
     assert!(lock_keys(&server).is_empty());
     assert_eq!(locker.redis_key("party:42").unwrap(), "lock:{party:42}");
@@ -104,9 +107,10 @@ async fn mutual_exclusion_across_lockers_and_processes() {
                     .await
                     .unwrap();
                 tokio::task::yield_now().await;
-                let _: () = redis::AsyncCommands::set(&mut conn, "counter:shared", v.unwrap_or(0) + 1)
-                    .await
-                    .unwrap();
+                let _: () =
+                    redis::AsyncCommands::set(&mut conn, "counter:shared", v.unwrap_or(0) + 1)
+                        .await
+                        .unwrap();
                 inside.store(false, Ordering::SeqCst);
                 guard.release().await.unwrap();
             }
@@ -129,7 +133,11 @@ async fn mutual_exclusion_across_lockers_and_processes() {
         assert_eq!(parts[1], 0, "overlap seen inside a worker process");
         child_acquisitions += parts[0];
     }
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "overlap seen in this process");
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "overlap seen in this process"
+    );
     let total: u64 = server.conn().get("counter:shared").unwrap();
     assert_eq!(child_acquisitions, 200);
     assert_eq!(
@@ -242,8 +250,14 @@ async fn fixed_lease_loss_cancels_the_body() {
             }
         })
         .await;
-    assert!(matches!(r, Err(Error::Lost { ref key }) if key == "fixed"), "{r:?}");
-    assert!(!reached_end.load(Ordering::SeqCst), "the body was cancelled");
+    assert!(
+        matches!(r, Err(Error::Lost { ref key }) if key == "fixed"),
+        "{r:?}"
+    );
+    assert!(
+        !reached_end.load(Ordering::SeqCst),
+        "the body was cancelled"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
@@ -284,7 +298,11 @@ async fn killed_holder_process_frees_the_lock_within_the_lease() {
 async fn dropping_a_guard_releases_promptly() {
     let server = RedisServer::start();
     let a = locker(&server).await;
-    let g = a.lock("dropped").lease(Duration::from_secs(30)).await.unwrap();
+    let g = a
+        .lock("dropped")
+        .lease(Duration::from_secs(30))
+        .await
+        .unwrap();
     drop(g);
     assert!(
         eventually(Duration::from_secs(1), || lock_keys(&server).is_empty()).await,
@@ -300,8 +318,8 @@ async fn dropped_acquire_futures_leave_nothing_behind() {
     // 1. Dropped while the lock is free: every point of the acquire, including just after the
     //    SET went out (the race where Redis grants the lock to a future that is gone).
     for micros in [0u64, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000] {
-        let _ = tokio::time::timeout(Duration::from_micros(micros), a.lock("c1").into_future())
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_micros(micros), a.lock("c1").into_future()).await;
     }
     assert!(
         eventually(Duration::from_secs(2), || lock_keys(&server).is_empty()).await,
@@ -315,7 +333,11 @@ async fn dropped_acquire_futures_leave_nothing_behind() {
             .map(|_| {
                 let a = a.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_micros(micros), a.lock("c2").into_future()).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_micros(micros),
+                        a.lock("c2").into_future(),
+                    )
+                    .await;
                 })
             })
             .collect();
@@ -324,7 +346,11 @@ async fn dropped_acquire_futures_leave_nothing_behind() {
         }
     }
     assert!(
-        eventually(Duration::from_secs(2), || subscribers(&server, "lock:{c2}:released") == 0).await,
+        eventually(Duration::from_secs(2), || subscribers(
+            &server,
+            "lock:{c2}:released"
+        ) == 0)
+        .await,
         "the subscription is dropped when nobody waits"
     );
     holder.release().await.unwrap();
@@ -419,9 +445,16 @@ async fn wait_zero_is_one_attempt_and_timeouts_say_so() {
         }
         other => panic!("expected Timeout, got {other:?}"),
     }
-    assert_eq!(server.command_counts().get("evalsha"), Some(&1), "a single attempt");
+    assert_eq!(
+        server.command_counts().get("evalsha"),
+        Some(&1),
+        "a single attempt"
+    );
     // Same process: refused locally without a round trip.
-    assert!(matches!(a.try_lock("busy").await, Err(Error::Timeout { .. })));
+    assert!(matches!(
+        a.try_lock("busy").await,
+        Err(Error::Timeout { .. })
+    ));
     let started = Instant::now();
     let r = b.lock("busy").wait(Duration::from_millis(300)).await;
     assert!(matches!(r, Err(Error::Timeout { .. })));
@@ -434,7 +467,11 @@ async fn wait_zero_is_one_attempt_and_timeouts_say_so() {
 async fn redis_restart_under_a_holder_is_detected_as_loss() {
     let mut server = RedisServer::start();
     let a = locker(&server).await;
-    let g = a.lock("restart").lease(Duration::from_millis(600)).await.unwrap();
+    let g = a
+        .lock("restart")
+        .lease(Duration::from_millis(600))
+        .await
+        .unwrap();
     server.restart(); // same port, empty data: the lock is gone
     tokio::time::timeout(Duration::from_secs(3), g.lost())
         .await
