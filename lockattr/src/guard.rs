@@ -372,9 +372,13 @@ impl Releasing {
             )
             .await;
         let key = held.key().to_string();
+        if matches!(released, Ok(n) if n > 1) {
+            // Other processes wait for this lock: let them go first.
+            held.slot.yield_first = true;
+        }
         self.held = None; // passes the slot to the next waiter, which contends in Redis
         match released {
-            Ok(1) => {
+            Ok(n) if n >= 1 => {
                 observe::released(&key);
                 Ok(())
             }

@@ -75,6 +75,9 @@ pub(crate) struct Slot {
     /// The release-channel subscription, kept while contending and passed along with the
     /// slot so that a contention episode subscribes once.
     pub(crate) sub: Option<Subscription>,
+    /// Set by a release that woke waiters of other processes: the next local contender
+    /// subscribes before its first attempt instead of racing them (cross-process fairness).
+    pub(crate) yield_first: bool,
     armed: bool,
 }
 
@@ -145,6 +148,7 @@ pub(crate) fn enter(
         locker: locker.clone(),
         name: name.to_owned(),
         sub: None,
+        yield_first: false,
         armed: true,
     })
 }
@@ -192,6 +196,7 @@ impl Slot {
             locker: self.locker.clone(),
             name: std::mem::take(&mut self.name),
             sub: self.sub.take(),
+            yield_first: self.yield_first,
             armed: true,
         }
     }
@@ -214,6 +219,7 @@ impl Drop for Slot {
                 locker: self.locker.clone(),
                 name: self.name.clone(),
                 sub: sub.take(),
+                yield_first: self.yield_first,
                 armed: true,
             };
             match w.give_slot(slot) {

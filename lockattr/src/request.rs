@@ -258,6 +258,11 @@ impl Attempt {
     /// Owns the slot: talk to Redis until the lock is ours or the wait is over.
     async fn contend(&self, mut slot: Slot) -> Result<LockGuard, Error> {
         let fence_ttl = self.locker.inner.config.fence_ttl_ms(self.lease);
+        if std::mem::take(&mut slot.yield_first) && slot.sub.is_none() {
+            // Waiters of other processes were just woken by our release; they are already on
+            // their way, and this subscription takes a round trip before our first attempt.
+            slot.sub = Some(self.locker.inner.hub.subscribe(&self.names.channel).await);
+        }
         loop {
             let token = new_token();
             let mut flight = InFlight {

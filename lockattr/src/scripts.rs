@@ -33,14 +33,16 @@ pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUI
 ///
 /// * `KEYS[1]` lock key
 /// * `ARGV[1]` token, `ARGV[2]` release channel
-/// * returns `1` when released, `0` when the lock was not ours any more (expired or taken)
+/// * returns `0` when the lock was not ours any more (expired or taken), otherwise `1 +` the
+///   number of subscribers the release reached. The releasing process is not subscribed to its
+///   own lock's channel while it holds the lock, so that number counts the *other* processes
+///   waiting, which lets the releaser give them precedence over its own queue.
 ///
 /// Commands: 4 (EVALSHA, GET, DEL, PUBLISH), 2 when not ours.
 const RELEASE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '')
-  return 1
+  return 1 + redis.call('PUBLISH', ARGV[2], '')
 end
 return 0
 ";

@@ -31,7 +31,11 @@ macOS: `brew install redis`) or set LOCKATTR_REDIS_SERVER to the binary's path";
 pub fn redis_server_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("LOCKATTR_REDIS_SERVER") {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "LOCKATTR_REDIS_SERVER={} is not a file", p.display());
+        assert!(
+            p.is_file(),
+            "LOCKATTR_REDIS_SERVER={} is not a file",
+            p.display()
+        );
         return p;
     }
     if let Some(paths) = std::env::var_os("PATH") {
@@ -205,8 +209,8 @@ impl RedisServer {
     fn signal(&self, sig: libc::c_int) {
         let child = self.child.as_ref().expect("redis-server is not running");
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        // SAFETY-free: `kill(2)` through libc has no memory-safety preconditions, but the
-        // workspace denies `unsafe_code`; this crate is test support only.
+        // `kill(2)` has no memory-safety preconditions; the workspace denies `unsafe_code`, so
+        // this test-support call opts out explicitly.
         #[allow(unsafe_code)]
         let rc = unsafe { libc::kill(pid, sig) };
         assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
@@ -318,7 +322,11 @@ mod tests {
     #[test]
     fn server_starts_answers_and_restarts() {
         let mut s = RedisServer::start();
-        let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut s.conn()).unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query(&mut s.conn())
+            .unwrap();
         assert_eq!(s.keys(), vec!["k".to_owned()]);
         s.restart();
         assert!(s.keys().is_empty(), "a restarted server is empty");

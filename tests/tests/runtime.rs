@@ -597,3 +597,42 @@ async fn reentrant_run_and_fencing_token_in_context() {
     assert_eq!(outer, inner);
     assert!(lock_keys(&server).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_both_get_turns_under_contention() {
+    // Two Lockers behave like two processes: each hands the lock between its own tasks a
+    // bounded number of times, then releases it in Redis, and a release that woke the other
+    // process lets it go first.
+    let server = RedisServer::start();
+    let lockers = [locker(&server).await, locker(&server).await];
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let locker = lockers[i % 2].clone();
+        let counts = counts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while start.elapsed() < Duration::from_millis(1500) && n < 10_000 {
+                let g = locker
+                    .lock("fair")
+                    .wait(Duration::from_secs(5))
+                    .await
+                    .expect("nobody starves for 5 s");
+                counts[i % 2].fetch_add(1, Ordering::Relaxed);
+                g.release().await.unwrap();
+                n += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (a, b) = (
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+    );
+    let share = a.min(b) as f64 / (a + b) as f64;
+    assert!(a + b > 100, "only {} acquisitions", a + b);
+    assert!(share > 0.2, "unfair split {a}/{b}");
+}
