@@ -1,0 +1,265 @@
+//! The party scenario end to end: real service processes, a real database (SQLite), a real
+//! `redis-server` started by the test.
+//!
+//! The locked run must admit exactly the capacity. The unlocked run is printed, not asserted:
+//! whether the race fires depends on scheduling (on a 2-core CI runner it usually does, but a
+//! test that fails when it does not would be flaky).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use lockattr_examples::party::demo::client::HttpClient;
+use lockattr_examples::party::demo::processes::{ServiceArgs, ServiceProcess};
+use lockattr_examples::party::demo::{
+    run_scenario, sqlite_url, unique_namespace, Scenario, TempDir,
+};
+use lockattr_examples::party::error::ErrorBody;
+use lockattr_examples::party::http::{NewParticipant, NewParty};
+use lockattr_examples::party::{Participant, Party, PartyView};
+use lockattr_tests::RedisServer;
+
+fn service_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_party-service"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_joins_admit_exactly_the_capacity() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("party-test").expect("temp dir");
+    let scenario = Scenario {
+        capacity: 5,
+        requests: 60,
+        processes: 2,
+        think: Duration::from_millis(2),
+        service_binary: service_binary(),
+        redis_url: redis.url(),
+        database_url: None,
+        lock_namespace: unique_namespace(),
+        work_dir: dir.path().to_owned(),
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), run_scenario(&scenario))
+        .await
+        .expect("the scenario finishes within 60 s")
+        .expect("the scenario runs");
+    eprintln!("{}", report.unlocked.line());
+    eprintln!("{}", report.locked.line());
+
+    let locked = &report.locked;
+    assert_eq!(
+        locked.members, 5,
+        "the locked run admits exactly the capacity"
+    );
+    assert_eq!(locked.accepted, 5, "every admitted join was answered 201");
+    assert_eq!(locked.full, 55, "every other join was answered 409");
+    assert_eq!(
+        locked.accepted + locked.rejected(),
+        60,
+        "every request got an answer"
+    );
+    assert_eq!(locked.no_answer, 0, "{:?}", locked.first_problem);
+
+    // The unlocked run is reported, not asserted, except that the service answered every
+    // request and every 201 is a row.
+    let unlocked = &report.unlocked;
+    assert_eq!(
+        unlocked.no_answer + unlocked.other_status,
+        0,
+        "{:?}",
+        unlocked.first_problem
+    );
+    assert_eq!(unlocked.accepted as i64, unlocked.members);
+    eprintln!(
+        "unlocked run {} the party",
+        if unlocked.overbooked() {
+            "overbooked"
+        } else {
+            "did not overbook"
+        }
+    );
+
+    // Every lock was released: only the per-key fencing counters may remain.
+    let held: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(&scenario.lock_namespace) && k.ends_with('}'))
+        .collect();
+    assert!(held.is_empty(), "locks still held after the run: {held:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_answers_with_the_documented_statuses() {
+    let mut redis = RedisServer::start();
+    let dir = TempDir::new("party-test").expect("temp dir");
+    let args = ServiceArgs {
+        database_url: sqlite_url(&dir.path().join("party.db")),
+        redis_url: redis.url(),
+        lock_namespace: unique_namespace(),
+        think: Duration::ZERO,
+    };
+    let service =
+        ServiceProcess::start(&service_binary(), 0, &args, dir.path().join("service.log"))
+            .await
+            .expect("the service starts");
+    let base = service.base_url();
+    let client = HttpClient::new();
+    let join = |party: i64, name: &str, lock: bool| {
+        let client = client.clone();
+        let url = format!(
+            "{base}/parties/{party}/participants{}",
+            if lock { "" } else { "?lock=false" }
+        );
+        let body = NewParticipant {
+            name: name.to_owned(),
+        };
+        async move { client.post_json(&url, &body).await.expect("an answer") }
+    };
+
+    let created = client
+        .post_json(
+            &format!("{base}/parties"),
+            &NewParty {
+                name: "tea".to_owned(),
+                capacity: 1,
+            },
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let party: Party = created.json().expect("a party");
+    assert_eq!((party.name.as_str(), party.capacity), ("tea", 1));
+
+    let first = join(party.id, "ann", true).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    let ann: Participant = first.json().expect("a participant");
+    assert_eq!((ann.party_id, ann.name.as_str()), (party.id, "ann"));
+    assert!(
+        ann.fencing_token.is_some(),
+        "a locked join runs with a fencing token"
+    );
+
+    let full = join(party.id, "bob", true).await;
+    assert_eq!(full.status, 409, "{}", full.text());
+    assert_eq!(
+        full.json::<ErrorBody>().expect("an error body").error,
+        "party_full"
+    );
+    let full = join(party.id, "bob", false).await;
+    assert_eq!(
+        full.status, 409,
+        "the unlocked path checks the capacity too"
+    );
+
+    let missing = join(party.id + 1000, "cy", true).await;
+    assert_eq!(missing.status, 404, "{}", missing.text());
+    assert_eq!(
+        missing.json::<ErrorBody>().expect("an error body").error,
+        "party_not_found"
+    );
+    let empty = join(party.id, " ", true).await;
+    assert_eq!(empty.status, 400, "{}", empty.text());
+    let negative = client
+        .post_json(
+            &format!("{base}/parties"),
+            &NewParty {
+                name: "x".to_owned(),
+                capacity: -1,
+            },
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(negative.status, 400, "{}", negative.text());
+
+    let shown = client
+        .get(&format!("{base}/parties/{}", party.id))
+        .await
+        .expect("an answer");
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    let view: PartyView = shown.json().expect("a party view");
+    assert_eq!((view.capacity, view.members), (1, 1));
+    assert_eq!(view.participants, vec!["ann".to_owned()]);
+    let unknown = client
+        .get(&format!("{base}/parties/{}", party.id + 1000))
+        .await
+        .expect("an answer");
+    assert_eq!(unknown.status, 404);
+
+    // An unlocked join of a party with room has no fencing token.
+    let created = client
+        .post_json(
+            &format!("{base}/parties"),
+            &NewParty {
+                name: "open".to_owned(),
+                capacity: 3,
+            },
+        )
+        .await
+        .expect("an answer");
+    let open: Party = created.json().expect("a party");
+    let dan: Participant = join(open.id, "dan", false)
+        .await
+        .json()
+        .expect("a participant");
+    assert_eq!(dan.fencing_token, None);
+
+    // Without Redis there is no lock, so no locked join: a clear 503, and nothing inserted.
+    redis.kill();
+    let refused = tokio::time::timeout(Duration::from_secs(20), join(open.id, "eve", true))
+        .await
+        .expect("a join without Redis is answered promptly");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(
+        refused.json::<ErrorBody>().expect("an error body").error,
+        "lock_unavailable"
+    );
+    let view: PartyView = client
+        .get(&format!("{base}/parties/{}", open.id))
+        .await
+        .expect("an answer")
+        .json()
+        .expect("a party view");
+    assert_eq!(view.participants, vec!["dan".to_owned()]);
+}
+
+/// The one-command demo itself: its report lines, and exit status 0 when the locked run stays
+/// within capacity. Points it at the test's Redis (small numbers keep it quick).
+#[test]
+fn the_demo_binary_reports_both_modes() {
+    let redis = RedisServer::start();
+    let output = Command::new(env!("CARGO_BIN_EXE_party-demo"))
+        .args(["--capacity", "3", "--requests", "30", "--processes", "2"])
+        .env("REDIS_URL", redis.url())
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run party-demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("--- stdout ---\n{stdout}--- stderr ---\n{stderr}");
+    assert!(
+        output.status.success(),
+        "party-demo failed: {}",
+        output.status
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("without lock: ") && l.contains("/3 joined")),
+        "no `without lock` line"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("with lock: 3/3 joined")),
+        "no `with lock: 3/3 joined` line"
+    );
+    assert!(
+        stderr.contains(&format!("looking for Redis at {}", redis.url())),
+        "the demo used the given Redis"
+    );
+    // The demo deleted its lock keys from the (shared) Redis.
+    assert!(
+        redis.keys().is_empty(),
+        "keys left behind: {:?}",
+        redis.keys()
+    );
+}
