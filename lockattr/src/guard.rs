@@ -1,8 +1,10 @@
 //! `LockGuard`: a held lock and its release (with in-process handoff).
 
 use std::fmt;
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -49,7 +51,8 @@ pub(crate) fn new_token() -> String {
 
 impl Held {
     /// Starts holding: registers the lease upkeep (renewal every lease/3, or loss at the end of
-    /// a fixed lease) with the locker's scheduler.
+    /// a fixed lease) with the locker's scheduler. `deadline` is when the lease runs out at the
+    /// earliest, by the local clock.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         slot: Slot,
@@ -59,7 +62,7 @@ impl Held {
         fence: u64,
         lease: Duration,
         renew: bool,
-        sent_at: Instant,
+        deadline: Instant,
     ) -> Held {
         let job = Job::new(
             slot.locker.clone(),
@@ -68,7 +71,7 @@ impl Held {
             token,
             lease,
             renew,
-            sent_at,
+            deadline,
         );
         Held { slot, fence, job }
     }
@@ -285,7 +288,7 @@ async fn release_held(held: Held) -> Result<(), Error> {
 
 impl Releasing {
     async fn run(&mut self) -> Result<(), Error> {
-        loop {
+        'handoff: loop {
             let Some(held) = self.held.as_mut() else {
                 return Ok(());
             };
@@ -305,18 +308,71 @@ impl Releasing {
             self.waiter = Some(waiter);
             self.new_token = Some(token.clone());
             let sent_at = Instant::now();
-            let res: Result<u64, Error> = held
-                .locker()
-                .eval(
-                    "handoff",
-                    scripts::HANDOFF
-                        .key(&held.names().lock)
-                        .key(&held.names().fence)
-                        .arg(held.token())
-                        .arg(&token)
-                        .arg(millis(lease)),
-                )
-                .await;
+            let old_deadline = held.job.deadline();
+            let res: Result<u64, Error> = 'res: {
+                if old_deadline > sent_at + EARLY_HANDOFF_MARGIN {
+                    // Early handover: while this process holds the lock nobody else can bump
+                    // its fencing counter, so the next token is ours + 1; the old lease
+                    // protects the new holder until Redis confirms. Once the command is queued
+                    // on the connection, nothing the new holder sends can overtake it.
+                    let locker = held.locker().clone();
+                    let cmd =
+                        scripts::handoff_cmd(held.names(), held.token(), &token, millis(lease));
+                    let mut reply = pin!(locker.query::<u64>("handoff", &cmd));
+                    let first = poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await;
+                    if let Poll::Ready(reply) = first {
+                        break 'res reply;
+                    }
+                    let (Some(waiter), Some(token)) = (self.waiter.take(), self.new_token.take())
+                    else {
+                        return Ok(());
+                    };
+                    let expected = held.fence + 1;
+                    let old_token = held.token().to_owned();
+                    let next = Held::start(
+                        held.slot.take(),
+                        held.key().clone(),
+                        held.names().clone(),
+                        token,
+                        expected,
+                        lease,
+                        renew,
+                        old_deadline,
+                    );
+                    let job = next.job.clone();
+                    observe::handed_off(held.key(), expected);
+                    self.held = None;
+                    match waiter.give_lock(new_guard(next)) {
+                        Ok(()) => {
+                            return confirm_handoff(
+                                &job,
+                                &old_token,
+                                expected,
+                                reply.await,
+                                sent_at,
+                            );
+                        }
+                        // The waiter left meanwhile: the lock is ours again; go round.
+                        Err(mut guard) => {
+                            let _ =
+                                confirm_handoff(&job, &old_token, expected, reply.await, sent_at);
+                            self.held = guard.st.take();
+                            continue 'handoff;
+                        }
+                    }
+                }
+                held.locker()
+                    .eval(
+                        "handoff",
+                        scripts::HANDOFF
+                            .key(&held.names().lock)
+                            .key(&held.names().fence)
+                            .arg(held.token())
+                            .arg(&token)
+                            .arg(millis(lease)),
+                    )
+                    .await
+            };
             match res {
                 Ok(fence) if fence > 0 => {
                     self.new_token = None;
@@ -331,7 +387,7 @@ impl Releasing {
                         fence,
                         lease,
                         renew,
-                        sent_at,
+                        sent_at + lease,
                     );
                     observe::handed_off(held.key(), fence);
                     self.held = None;
@@ -387,6 +443,62 @@ impl Releasing {
                 Err(Error::Lost { key })
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// How much lease the old holder must have left for an early handover: enough for the
+/// handoff command to reach Redis before the old lease could run out.
+const EARLY_HANDOFF_MARGIN: Duration = Duration::from_millis(20);
+
+/// Settles an early handover once Redis answered: confirms the new holder's lease, or marks it
+/// lost (its critical section is then cancelled) and cleans up whatever token may own the key.
+fn confirm_handoff(
+    job: &Arc<Job>,
+    old_token: &str,
+    expected: u64,
+    reply: Result<u64, Error>,
+    sent_at: Instant,
+) -> Result<(), Error> {
+    let lost = || Error::Lost {
+        key: job.key.to_string(),
+    };
+    match reply {
+        Ok(fence) if fence == expected => {
+            let lease = job.lease();
+            job.renewed(sent_at, lease);
+            Ok(())
+        }
+        Ok(0) => {
+            job.mark_lost("the lock expired or was taken before it could be handed over");
+            Err(lost())
+        }
+        other => {
+            // A fencing token other than predicted (the counter was changed outside lockattr)
+            // or no answer: the new holder must not trust the lock.
+            job.mark_lost("the handover could not be confirmed");
+            let locker = job.locker.clone();
+            let names = job.names.clone();
+            let tokens = [job.token.clone(), old_token.to_owned()];
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    for token in &tokens {
+                        let _: Result<i64, Error> = locker
+                            .eval(
+                                "release",
+                                scripts::RELEASE
+                                    .key(&names.lock)
+                                    .arg(token)
+                                    .arg(&names.channel),
+                            )
+                            .await;
+                    }
+                });
+            }
+            match other {
+                Err(e) => Err(e),
+                _ => Ok(()),
+            }
         }
     }
 }

@@ -122,6 +122,15 @@ impl Locker {
     /// The key is namespaced and escaped (see the crate docs); it is checked when the request
     /// is awaited, which fails with [`Error::InvalidKey`] for an empty key or one longer than
     /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes once escaped.
+    ///
+    /// A guard is not reentrant: a task that awaits `lock` for a key it already holds through a
+    /// [`LockGuard`](crate::LockGuard) waits for itself until its `wait` runs out. Code under
+    /// [`LockRequest::run`] or `#[distributed_lock]` re-enters instead.
+    ///
+    /// A dropped guard is released by a background task; until that task's round trip is done
+    /// the key still counts as held, also for this process. Await
+    /// [`LockGuard::release`](crate::LockGuard::release) when the next step depends on the lock
+    /// being free.
     pub fn lock(&self, key: impl Into<String>) -> LockRequest {
         LockRequest::new(self.clone(), LockKey::from_user(key.into()))
     }
@@ -165,6 +174,22 @@ impl Locker {
         let mut conn = self.inner.conn.clone();
         let timeout = self.inner.config.op_timeout;
         match tokio::time::timeout(timeout, inv.invoke_async(&mut conn)).await {
+            Ok(r) => r.map_err(Error::Redis),
+            Err(_) => Err(Error::redis_timeout(what, timeout)),
+        }
+    }
+}
+
+impl Locker {
+    /// Sends one command with the operation timeout.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, Error> {
+        let mut conn = self.inner.conn.clone();
+        let timeout = self.inner.config.op_timeout;
+        match tokio::time::timeout(timeout, cmd.query_async(&mut conn)).await {
             Ok(r) => r.map_err(Error::Redis),
             Err(_) => Err(Error::redis_timeout(what, timeout)),
         }

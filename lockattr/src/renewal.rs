@@ -61,7 +61,7 @@ impl Job {
         token: String,
         lease: Duration,
         renew: bool,
-        sent_at: Instant,
+        deadline: Instant,
     ) -> Arc<Job> {
         let job = Arc::new(Job {
             locker,
@@ -71,13 +71,13 @@ impl Job {
             renew,
             lost: watch::channel(false).0,
             timing: Mutex::new(Timing {
-                deadline: sent_at + lease,
+                deadline,
                 lease,
                 queued: None,
             }),
             released: AtomicBool::new(false),
         });
-        job.schedule(job.next_due(sent_at, false));
+        job.schedule(job.next_due(Instant::now(), false));
         job
     }
 
@@ -92,6 +92,10 @@ impl Job {
             observe::lost(&self.key, why);
         }
         first
+    }
+
+    pub(crate) fn lease(&self) -> Duration {
+        lock(&self.timing).lease
     }
 
     pub(crate) fn deadline(&self) -> Instant {

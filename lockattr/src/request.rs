@@ -296,7 +296,7 @@ impl Attempt {
                     fence,
                     self.lease,
                     self.renew,
-                    sent_at,
+                    sent_at + self.lease,
                 );
                 observe::acquired(&self.key, self.started.elapsed(), fence);
                 return Ok(new_guard(held));

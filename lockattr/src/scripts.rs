@@ -68,6 +68,27 @@ return 0
 ";
 pub(crate) static HANDOFF: LazyLock<Script> = LazyLock::new(|| Script::new(HANDOFF_LUA));
 
+/// `HANDOFF` as a bare `EVALSHA`, without redis-rs's reload-and-retry on `NOSCRIPT`: an early
+/// handover relies on this command reaching Redis before anything the new holder sends, which
+/// a retry would break. (The scripts are loaded when the `Locker` is built; after a
+/// `SCRIPT FLUSH` the handover fails safely and the new holder is told the lock is lost.)
+pub(crate) fn handoff_cmd(
+    names: &crate::key::RedisNames,
+    old_token: &str,
+    new_token: &str,
+    lease_ms: u64,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(HANDOFF.get_hash())
+        .arg(2)
+        .arg(&names.lock)
+        .arg(&names.fence)
+        .arg(old_token)
+        .arg(new_token)
+        .arg(lease_ms);
+    cmd
+}
+
 /// Extend the lease of a held lock (the watchdog's renewal, and `LockGuard::extend`).
 ///
 /// * `KEYS[1]` lock key, `KEYS[2]` fencing counter

@@ -636,3 +636,71 @@ async fn two_processes_both_get_turns_under_contention() {
     assert!(a + b > 100, "only {} acquisitions", a + b);
     assert!(share > 0.2, "unfair split {a}/{b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_over_locks_carry_the_fencing_token_redis_issued() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (a, seen, url) = (a.clone(), seen.clone(), server.url());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            for _ in 0..10 {
+                let g = a.lock("chain").await.unwrap();
+                // Give the early handover's confirmation time to land, then compare with
+                // what Redis holds: the counter and the owner's lease.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let fence: u64 = redis::AsyncCommands::get(&mut conn, "lock:{chain}:fence")
+                    .await
+                    .unwrap();
+                assert!(g.is_held());
+                seen.lock().unwrap().push((g.fencing_token(), fence));
+                g.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 80);
+    for (token, in_redis) in &seen {
+        assert_eq!(
+            token, in_redis,
+            "the guard's token is the one Redis counted"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handing_over_a_vanished_lock_tells_the_new_holder_it_is_lost() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let first = a.lock("gone").await.unwrap();
+    let a2 = a.clone();
+    let next = tokio::spawn(async move { a2.lock("gone").await });
+    tokio::time::sleep(Duration::from_millis(100)).await; // the second task is queued
+    let _: () = server.conn().del("lock:{gone}").unwrap(); // removed behind our back
+    let released = first.release().await;
+    assert!(matches!(released, Err(Error::Lost { .. })), "{released:?}");
+    // The waiter may have been handed the lock early; if so it learns at once that Redis
+    // refused the handover. Either way it must not believe it holds a lock nobody has.
+    match next.await.unwrap() {
+        Ok(g) => {
+            tokio::time::timeout(Duration::from_secs(2), g.lost())
+                .await
+                .expect("the new holder is told the handover failed");
+            assert!(!g.is_held());
+            assert!(matches!(g.release().await, Err(Error::Lost { .. })));
+        }
+        Err(e) => panic!("unexpected {e}"),
+    }
+    let g = a.try_lock("gone").await.expect("the key is free again");
+    g.release().await.unwrap();
+}
