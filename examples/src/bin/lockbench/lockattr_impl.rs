@@ -1,0 +1,39 @@
+//! lockattr behind the bench's [`LockImpl`] interface.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::impls::{BoxFut, Held, LockImpl, LEASE};
+
+struct Lockattr {
+    locker: lockattr::Locker,
+}
+
+/// A `Locker` on `url` with namespace `bench` and the bench's lease.
+pub async fn build(url: &str) -> Result<Arc<dyn LockImpl>> {
+    let locker = lockattr::Locker::builder(url)
+        .namespace("bench")
+        .default_lease(LEASE)
+        .build()
+        .await?;
+    Ok(Arc::new(Lockattr { locker }))
+}
+
+impl LockImpl for Lockattr {
+    fn acquire<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFut<'a, Result<Box<dyn Held>>> {
+        Box::pin(async move {
+            let guard = self.locker.lock(key).wait(wait).await?;
+            Ok(Box::new(Guard(guard)) as Box<dyn Held>)
+        })
+    }
+}
+
+struct Guard(lockattr::LockGuard);
+
+impl Held for Guard {
+    fn release(self: Box<Self>) -> BoxFut<'static, Result<()>> {
+        Box::pin(async move { Ok(self.0.release().await?) })
+    }
+}

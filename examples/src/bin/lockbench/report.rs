@@ -1,0 +1,545 @@
+//! The markdown report: tables, targets, environment.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::contended::Analysis;
+use crate::impls::Kind;
+use crate::simple::{Distinct, Uncontended};
+use crate::stats::us;
+
+/// Fewest cross-process handoffs from which the bench reports a cross-process p50 as a target.
+const MIN_CROSS_SAMPLES: usize = 20;
+
+/// Commands the harness itself sends (statistics reset/read and its connections' handshake).
+pub fn is_harness_command(name: &str) -> bool {
+    name == "info" || name.starts_with("config|") || name == "client|setinfo" || name == "hello"
+}
+
+/// One run of the contended scenario.
+#[derive(Debug)]
+pub struct ContendedRow {
+    pub kind: Kind,
+    pub procs: u32,
+    pub waiters: u32,
+    pub body: Duration,
+    pub a: Analysis,
+    /// Redis commands (Lua-internal calls included) by name, harness commands removed.
+    pub commands: BTreeMap<String, u64>,
+    pub errors: Vec<String>,
+}
+
+impl ContendedRow {
+    pub fn cmds_per_acq(&self) -> Option<f64> {
+        (self.a.acquisitions > 0)
+            .then(|| self.commands.values().sum::<u64>() as f64 / self.a.acquisitions as f64)
+    }
+
+    fn scenario(&self) -> String {
+        format!(
+            "{} proc × {} waiters, body {}",
+            self.procs,
+            self.waiters,
+            body_label(self.body)
+        )
+    }
+}
+
+fn body_label(body: Duration) -> String {
+    if body.is_zero() {
+        "0".to_owned()
+    } else {
+        format!("{} ms", body.as_secs_f64() * 1e3)
+    }
+}
+
+/// Everything measured in one run.
+#[derive(Debug)]
+pub struct Report {
+    pub header: Vec<(String, String)>,
+    pub uncontended: Option<Uncontended>,
+    pub distinct: Vec<Distinct>,
+    pub distinct_tasks: usize,
+    pub contended: Vec<ContendedRow>,
+    pub notes: Vec<String>,
+}
+
+fn ratio(a: Option<u64>, b: Option<u64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0 => Some(a as f64 / b as f64),
+        _ => None,
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    fn ping_p50(&self) -> Option<u64> {
+        self.uncontended.as_ref().and_then(|u| u.ping.p50)
+    }
+
+    fn uncontended_p50(&self, kind: Kind) -> Option<u64> {
+        self.uncontended
+            .as_ref()?
+            .rows
+            .iter()
+            .find(|(k, _)| *k == kind)?
+            .1
+            .p50
+    }
+
+    fn row(&self, kind: Kind, procs: u32, waiters: u32, body_ms: u64) -> Option<&ContendedRow> {
+        self.contended.iter().find(|r| {
+            r.kind == kind
+                && r.procs == procs
+                && r.waiters == waiters
+                && r.body == Duration::from_millis(body_ms)
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "## lockbench results\n");
+        for (k, v) in &self.header {
+            let _ = writeln!(s, "- {k}: {v}");
+        }
+        let _ = writeln!(s);
+        self.render_uncontended(&mut s);
+        self.render_distinct(&mut s);
+        self.render_contended(&mut s);
+        self.render_targets(&mut s);
+        self.render_commands(&mut s);
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "### Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+            let _ = writeln!(s);
+        }
+        s
+    }
+
+    fn render_uncontended(&self, s: &mut String) {
+        let Some(u) = &self.uncontended else { return };
+        let raw = self.uncontended_p50(Kind::Raw);
+        let _ = writeln!(
+            s,
+            "### Round trips and uncontended lock + release (sequential, one task)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| operation | p50 | p99 | p50 ÷ raw floor | p50 ÷ PING | Redis cmds | samples |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "| PING (redis-rs MultiplexedConnection) | {} | {} | {} | 1.00 | 1 | {} |",
+            us(u.ping.p50),
+            us(u.ping.p99),
+            opt(ratio(u.ping.p50, raw), 2),
+            u.ping.n
+        );
+        for (kind, sum) in &u.rows {
+            let cmds = u.commands.iter().find(|(k, _)| k == kind).map(|(_, c)| *c);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                kind.label(),
+                us(sum.p50),
+                us(sum.p99),
+                opt(ratio(sum.p50, raw), 2),
+                opt(ratio(sum.p50, u.ping.p50), 2),
+                opt(cmds, 1),
+                sum.n
+            );
+        }
+        let _ = writeln!(s);
+    }
+
+    fn render_distinct(&self, s: &mut String) {
+        if self.distinct.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "### {} tasks on distinct keys (one process, lock + release loops)\n",
+            self.distinct_tasks
+        );
+        let _ = writeln!(
+            s,
+            "| implementation | cycles/s | cycle p50 | cycle p99 | client CPU / cycle | redis CPU / cycle | cycles | errors |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let cpu = |ns: Option<f64>| ns.map_or("–".to_owned(), |ns| format!("{:.1} µs", ns / 1e3));
+        for d in &self.distinct {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+                d.kind.label(),
+                d.per_sec,
+                us(d.cycle.p50),
+                us(d.cycle.p99),
+                cpu(d.client_cpu_ns),
+                cpu(d.redis_cpu_ns),
+                d.cycles,
+                d.errors
+            );
+        }
+        let _ = writeln!(s);
+    }
+
+    fn render_contended(&self, s: &mut String) {
+        if self.contended.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "### Contended, one key, forced handoff\n");
+        let _ = writeln!(
+            s,
+            "| implementation | scenario | acquisitions | acq/s | busy share | handoff p50 | handoff mean | handoff p99 | cross-proc handoff p50 (n) | cmds/acq | wait p99 | self / idle handoffs | violations |"
+        );
+        let _ = writeln!(
+            s,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for r in &self.contended {
+            let a = &r.a;
+            let efficiency = if r.body.is_zero() {
+                "–".to_owned()
+            } else {
+                opt(a.busy_share(), 3)
+            };
+            let cross = if r.procs > 1 {
+                format!("{} ({})", us(a.cross_handoff.p50), a.cross_handoff.n)
+            } else {
+                "–".to_owned()
+            };
+            let violations = if r.errors.is_empty() {
+                a.violations.to_string()
+            } else {
+                format!("{} ({} errors)", a.violations, r.errors.len())
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+                r.kind.label(),
+                r.scenario(),
+                a.acquisitions,
+                opt(a.rate, 0),
+                efficiency,
+                us(a.handoff.p50),
+                us(a.handoff_mean_ns),
+                us(a.handoff.p99),
+                cross,
+                opt(r.cmds_per_acq(), 1),
+                us(a.wait.p99),
+                a.self_handoffs,
+                a.idle_handoffs,
+                violations
+            );
+        }
+        let _ = writeln!(s);
+    }
+
+    fn render_targets(&self, s: &mut String) {
+        let mut t = Targets::default();
+        let l = Kind::Lockattr;
+        let ping = self.ping_p50();
+        let raw = self.uncontended_p50(Kind::Raw);
+        let peers = [Kind::Spin, Kind::Rslock, Kind::Rslock2ms];
+
+        let lu = self.uncontended_p50(l);
+        t.check(
+            "uncontended lock+release p50 ≤ 1.10 × raw floor p50",
+            format!("{} vs floor {}", us(lu), us(raw)),
+            ratio(lu, raw),
+            1.10,
+            true,
+        );
+        for w in [10, 100] {
+            let h = self.row(l, 1, w, 0).and_then(|r| r.a.handoff.p50);
+            t.check(
+                &format!("handoff p50, 1 process, {w} waiters ≤ 1.5 × PING p50"),
+                format!("{} vs PING {}", us(h), us(ping)),
+                ratio(h, ping),
+                1.5,
+                true,
+            );
+        }
+        for w in [10, 100] {
+            let name =
+                format!("cross-process handoff p50, 2 processes, {w} waiters ≤ 3 × PING p50");
+            let cross = self.row(l, 2, w, 0).map(|r| r.a.cross_handoff);
+            match cross {
+                // A p50 of a handful of handoffs proves nothing; so few handoffs between the
+                // processes in a whole run is itself a fairness problem.
+                Some(c) if c.n < MIN_CROSS_SAMPLES => t.fail(
+                    &name,
+                    format!(
+                        "only {} cross-process handoffs (p50 {}, need ≥ {MIN_CROSS_SAMPLES})",
+                        c.n,
+                        us(c.p50)
+                    ),
+                    3.0,
+                ),
+                _ => {
+                    let h = cross.and_then(|c| c.p50);
+                    t.check(
+                        &name,
+                        format!("{} vs PING {}", us(h), us(ping)),
+                        ratio(h, ping),
+                        3.0,
+                        true,
+                    );
+                }
+            }
+        }
+        for (procs, limit) in [(1, 6.0), (2, 8.0)] {
+            for body in [0, 1] {
+                let c = self
+                    .row(l, procs, 100, body)
+                    .and_then(ContendedRow::cmds_per_acq);
+                t.check(
+                    &format!(
+                        "commands/acquisition, {procs} proc, 100 waiters, body {body} ms ≤ {limit}"
+                    ),
+                    opt(c, 2),
+                    c,
+                    limit,
+                    true,
+                );
+                let c10 = self
+                    .row(l, procs, 10, body)
+                    .and_then(ContendedRow::cmds_per_acq);
+                let growth = match (c, c10) {
+                    (Some(c), Some(c10)) if c10 > 0.0 => Some(c / c10),
+                    _ => None,
+                };
+                t.check(
+                    &format!("commands/acquisition independent of waiters ({procs} proc, body {body} ms): 100 ÷ 10 waiters ≤ 1.25"),
+                    format!("{} vs {}", opt(c, 2), opt(c10, 2)),
+                    growth,
+                    1.25,
+                    true,
+                );
+            }
+        }
+        let r = self.row(l, 1, 100, 1);
+        t.check(
+            "acquisitions/s with 1 ms bodies, 1 proc, 100 waiters ≥ 0.95 × 1/body (busy share)",
+            format!(
+                "{}/s (mean body {}, mean handoff {})",
+                opt(r.and_then(|r| r.a.rate), 0),
+                us(r.and_then(|r| r.a.body_mean_ns)),
+                us(r.and_then(|r| r.a.handoff_mean_ns))
+            ),
+            r.and_then(|r| r.a.busy_share()),
+            0.95,
+            false,
+        );
+        let r2 = self.row(l, 2, 100, 1);
+        t.info(
+            "acquisitions/s with 1 ms bodies, 2 procs, 100 waiters (busy share)",
+            format!(
+                "{}/s ({})",
+                opt(r2.and_then(|r| r.a.rate), 0),
+                opt(r2.and_then(|r| r.a.busy_share()), 3)
+            ),
+        );
+        let lrows: Vec<&ContendedRow> = self.contended.iter().filter(|r| r.kind == l).collect();
+        let bad: u64 = lrows
+            .iter()
+            .map(|r| r.a.violations + r.errors.len() as u64)
+            .sum();
+        let total: usize = lrows.iter().map(|r| r.a.acquisitions).sum();
+        t.check(
+            "zero exclusion violations and errors, every lockattr scenario",
+            format!("{bad} in {} scenarios, {total} acquisitions", lrows.len()),
+            (!lrows.is_empty()).then_some(bad as f64),
+            0.0,
+            true,
+        );
+        let peer_bad: u64 = self
+            .contended
+            .iter()
+            .filter(|r| r.kind != l)
+            .map(|r| r.a.violations)
+            .sum();
+        t.info(
+            "exclusion violations, peers (all scenarios)",
+            peer_bad.to_string(),
+        );
+        for procs in [1, 2] {
+            for w in [10, 100] {
+                t.info(
+                    &format!(
+                        "fairness: lockattr p99 wait, {procs} proc, {w} waiters, body 0 / 1 ms"
+                    ),
+                    format!(
+                        "{} / {}",
+                        us(self.row(l, procs, w, 0).and_then(|r| r.a.wait.p99)),
+                        us(self.row(l, procs, w, 1).and_then(|r| r.a.wait.p99))
+                    ),
+                );
+            }
+        }
+        // Ahead of every peer row, in this run.
+        for p in peers {
+            let (lh, ph) = (
+                self.row(l, 1, 100, 0).and_then(|r| r.a.handoff.p50),
+                self.row(p, 1, 100, 0).and_then(|r| r.a.handoff.p50),
+            );
+            t.check(
+                &format!("handoff p50 at 100 waiters below {}", p.label()),
+                format!("{} vs {}", us(lh), us(ph)),
+                ratio(lh, ph),
+                1.0,
+                true,
+            );
+            let (lc, pc) = (
+                self.row(l, 1, 100, 0).and_then(ContendedRow::cmds_per_acq),
+                self.row(p, 1, 100, 0).and_then(ContendedRow::cmds_per_acq),
+            );
+            t.check(
+                &format!("commands/acquisition at 100 waiters below {}", p.label()),
+                format!("{} vs {}", opt(lc, 2), opt(pc, 2)),
+                match (lc, pc) {
+                    (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                    _ => None,
+                },
+                1.0,
+                true,
+            );
+            let (la, pa) = (
+                self.row(l, 1, 100, 1).and_then(|r| r.a.rate),
+                self.row(p, 1, 100, 1).and_then(|r| r.a.rate),
+            );
+            t.check(
+                &format!(
+                    "acquisitions/s (1 ms bodies, 100 waiters) above {}",
+                    p.label()
+                ),
+                format!("{} vs {}", opt(la, 0), opt(pa, 0)),
+                match (la, pa) {
+                    (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                    _ => None,
+                },
+                1.0,
+                false,
+            );
+        }
+        for p in [Kind::Spin, Kind::Rslock] {
+            let (lu, pu) = (self.uncontended_p50(l), self.uncontended_p50(p));
+            t.info(
+                &format!("uncontended p50 vs {}", p.label()),
+                format!("{} vs {} ({}×)", us(lu), us(pu), opt(ratio(lu, pu), 2)),
+            );
+        }
+        let _ = writeln!(s, "### Targets (lockattr)\n");
+        let _ = writeln!(s, "| target | measured | ratio / value | limit | result |");
+        let _ = writeln!(s, "|---|---|---:|---:|---|");
+        for line in &t.lines {
+            let _ = writeln!(s, "{line}");
+        }
+        let _ = writeln!(
+            s,
+            "\n{} PASS, {} MISS, {} not measured\n",
+            t.pass, t.miss, t.missing
+        );
+    }
+
+    fn render_commands(&self, s: &mut String) {
+        let rows: Vec<&ContendedRow> = self
+            .contended
+            .iter()
+            .filter(|r| !r.commands.is_empty() && r.a.acquisitions > 0)
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "### Redis commands per acquisition, by command\n");
+        let _ = writeln!(
+            s,
+            "| implementation | scenario | commands per acquisition |"
+        );
+        let _ = writeln!(s, "|---|---|---|");
+        for r in rows {
+            let n = r.a.acquisitions as f64;
+            let mut by: Vec<(&String, &u64)> = r.commands.iter().collect();
+            by.sort_by(|a, b| b.1.cmp(a.1));
+            let list: Vec<String> = by
+                .iter()
+                .map(|(name, c)| format!("{name} {:.2}", **c as f64 / n))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                r.kind.label(),
+                r.scenario(),
+                list.join(", ")
+            );
+        }
+        let _ = writeln!(s);
+        let errs: Vec<String> = self
+            .contended
+            .iter()
+            .flat_map(|r| {
+                r.errors
+                    .iter()
+                    .take(3)
+                    .map(move |e| format!("{} {}: {e}", r.kind.id(), r.scenario()))
+            })
+            .collect();
+        if !errs.is_empty() {
+            let _ = writeln!(s, "### Errors (first 3 per scenario)\n");
+            for e in errs {
+                let _ = writeln!(s, "- {e}");
+            }
+            let _ = writeln!(s);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Targets {
+    lines: Vec<String>,
+    pass: usize,
+    miss: usize,
+    missing: usize,
+}
+
+impl Targets {
+    /// `upper`: the value must be ≤ `limit` (else ≥ `limit`).
+    fn check(&mut self, name: &str, measured: String, value: Option<f64>, limit: f64, upper: bool) {
+        let (cell, result) = match value {
+            None => ("–".to_owned(), "not measured"),
+            Some(v) => {
+                let ok = if upper { v <= limit } else { v >= limit };
+                (format!("{v:.2}"), if ok { "PASS" } else { "MISS" })
+            }
+        };
+        match result {
+            "PASS" => self.pass += 1,
+            "MISS" => self.miss += 1,
+            _ => self.missing += 1,
+        }
+        let op = if upper { "≤" } else { "≥" };
+        self.lines.push(format!(
+            "| {name} | {measured} | {cell} | {op} {limit} | {result} |"
+        ));
+    }
+
+    /// A target that could not be met for a reason other than a number out of range.
+    fn fail(&mut self, name: &str, measured: String, limit: f64) {
+        self.miss += 1;
+        self.lines
+            .push(format!("| {name} | {measured} | – | ≤ {limit} | MISS |"));
+    }
+
+    fn info(&mut self, name: &str, measured: String) {
+        self.lines
+            .push(format!("| {name} | {measured} | | | info |"));
+    }
+}
