@@ -30,8 +30,11 @@ use crate::Error;
 /// releases in the background at once (it needs a Tokio runtime; without one the lock expires
 /// with its lease). Either way renewal stops first, so a release can never be undone by a
 /// late renewal. If another task of the same process waits for the key, the lock is handed to
-/// it directly (new token, new fencing token, fresh lease, one round trip) instead of being
-/// released, a bounded number of times in a row so that other processes are not starved.
+/// it directly instead of being released, a bounded number of times in a row so that other
+/// processes are not starved. The next task starts at once: while this process holds the lock
+/// nobody else can advance its fencing counter, so its token is known (this one + 1), and the
+/// old lease protects it until Redis has switched the lock to its fresh token and lease. If Redis
+/// refuses the switch (the lock had been lost) or does not answer, the new guard turns lost.
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct LockGuard {
     pub(crate) st: Option<Held>,

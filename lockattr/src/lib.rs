@@ -58,8 +58,9 @@
 //! * **Waiting without spinning.** Tasks of one process that want the same key queue locally;
 //!   only one talks to Redis. It is woken by a pub/sub message on release (one shared
 //!   subscription per contended key per process), with the holder's TTL as a fallback timer.
-//!   When the holder releases and another local task waits, the lock is handed over in Redis in
-//!   one round trip without ever being free (bounded, so other processes get their turn).
+//!   When the holder releases and another local task waits, the lock is handed over without
+//!   ever being free: the next task starts at once and Redis confirms its fresh token, fencing
+//!   token and lease in the background (bounded, so other processes get their turn).
 //! * **Cancellation safety.** Dropping a guard releases the lock at once in the background.
 //!   Dropping an acquire future at any point leaves no lock, queue entry or subscription
 //!   behind, even when Redis granted the lock just as the future was dropped.

@@ -248,7 +248,7 @@ impl LockerBuilder {
     }
 
     /// How many times in a row a lock may be handed from one task of this process directly to
-    /// another waiting task (one round trip, no release) before it is released in Redis so that
+    /// another waiting task (no release, no wait for Redis) before it is released in Redis so that
     /// other processes get a chance (default 16; 0 disables in-process handoff).
     pub fn handoff_limit(mut self, limit: u32) -> Self {
         self.config.handoff_limit = limit;
