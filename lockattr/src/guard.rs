@@ -420,15 +420,9 @@ impl Releasing {
         let Some(held) = self.held.as_mut() else {
             return Ok(());
         };
-        let released: Result<i64, Error> = held
+        let released = held
             .locker()
-            .eval(
-                "release",
-                scripts::RELEASE
-                    .key(&held.names().lock)
-                    .arg(held.token())
-                    .arg(&held.names().channel),
-            )
+            .release_token(held.names(), held.token())
             .await;
         let key = held.key().to_string();
         if matches!(released, Ok(n) if n > 1) {
@@ -480,24 +474,11 @@ fn confirm_handoff(
             // A fencing token other than predicted (the counter was changed outside lockattr)
             // or no answer: the new holder must not trust the lock.
             job.mark_lost("the handover could not be confirmed");
-            let locker = job.locker.clone();
-            let names = job.names.clone();
-            let tokens = [job.token.clone(), old_token.to_owned()];
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    for token in &tokens {
-                        let _: Result<i64, Error> = locker
-                            .eval(
-                                "release",
-                                scripts::RELEASE
-                                    .key(&names.lock)
-                                    .arg(token)
-                                    .arg(&names.channel),
-                            )
-                            .await;
-                    }
-                });
-            }
+            job.locker.spawn_release(
+                job.names.clone(),
+                vec![job.token.clone(), old_token.to_owned()],
+                || {},
+            );
             match other {
                 Err(e) => Err(e),
                 _ => Ok(()),
@@ -513,33 +494,20 @@ impl Drop for Releasing {
         };
         held.stop_upkeep();
         let waiter = self.waiter.take();
-        let new_token = self.new_token.take();
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
-            let locker = held.locker().clone();
-            for token in new_token.iter().map(String::as_str).chain([held.token()]) {
-                let _: Result<i64, Error> = locker
-                    .eval(
-                        "release",
-                        scripts::RELEASE
-                            .key(&held.names().lock)
-                            .arg(token)
-                            .arg(&held.names().channel),
-                    )
-                    .await;
-            }
-            let slot = held.slot.take();
-            drop(held);
-            match waiter {
-                Some(w) => {
-                    if let Err(slot) = w.give_slot(slot) {
-                        drop(slot);
-                    }
+        let mut tokens: Vec<String> = self.new_token.take().into_iter().collect();
+        tokens.push(held.token().to_owned());
+        let locker = held.locker().clone();
+        let names = held.names().clone();
+        let slot = held.slot.take();
+        drop(held);
+        // Pass the slot on only once the key is free, so the next contender finds it so.
+        locker.spawn_release(names, tokens, move || match waiter {
+            Some(w) => {
+                if let Err(slot) = w.give_slot(slot) {
+                    drop(slot);
                 }
-                None => drop(slot),
             }
+            None => drop(slot),
         });
     }
 }

@@ -172,15 +172,9 @@ impl Locker {
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, Error> {
         let mut conn = self.inner.conn.clone();
-        let timeout = self.inner.config.op_timeout;
-        match tokio::time::timeout(timeout, inv.invoke_async(&mut conn)).await {
-            Ok(r) => r.map_err(Error::Redis),
-            Err(_) => Err(Error::redis_timeout(what, timeout)),
-        }
+        self.bounded(what, inv.invoke_async(&mut conn)).await
     }
-}
 
-impl Locker {
     /// Sends one command with the operation timeout.
     pub(crate) async fn query<T: redis::FromRedisValue>(
         &self,
@@ -188,11 +182,57 @@ impl Locker {
         cmd: &redis::Cmd,
     ) -> Result<T, Error> {
         let mut conn = self.inner.conn.clone();
+        self.bounded(what, cmd.query_async(&mut conn)).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        request: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
         let timeout = self.inner.config.op_timeout;
-        match tokio::time::timeout(timeout, cmd.query_async(&mut conn)).await {
+        match tokio::time::timeout(timeout, request).await {
             Ok(r) => r.map_err(Error::Redis),
             Err(_) => Err(Error::redis_timeout(what, timeout)),
         }
+    }
+
+    /// Releases the lock if `token` owns it (see `scripts::RELEASE` for the answer).
+    pub(crate) async fn release_token(
+        &self,
+        names: &RedisNames,
+        token: &str,
+    ) -> Result<i64, Error> {
+        self.eval(
+            "release",
+            crate::scripts::RELEASE
+                .key(&names.lock)
+                .arg(token)
+                .arg(&names.channel),
+        )
+        .await
+    }
+
+    /// Releases, in the background, the lock under any of `tokens` (used when an operation's
+    /// outcome is unknown, so that no token that may own the key is left behind), then runs
+    /// `then`.
+    pub(crate) fn spawn_release(
+        &self,
+        names: Arc<RedisNames>,
+        tokens: Vec<String>,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            then();
+            return;
+        };
+        let locker = self.clone();
+        rt.spawn(async move {
+            for token in &tokens {
+                let _ = locker.release_token(&names, token).await;
+            }
+            then();
+        });
     }
 }
 

@@ -226,22 +226,10 @@ impl Drop for InFlight<'_> {
         let Some(token) = self.token.take() else {
             return;
         };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let locker = self.attempt.locker.clone();
-        let names = self.attempt.names.clone();
-        rt.spawn(async move {
-            let _: Result<i64, Error> = locker
-                .eval(
-                    "release",
-                    scripts::RELEASE
-                        .key(&names.lock)
-                        .arg(&token)
-                        .arg(&names.channel),
-                )
-                .await;
-        });
+        let attempt = self.attempt;
+        attempt
+            .locker
+            .spawn_release(attempt.names.clone(), vec![token], || {});
     }
 }
 
