@@ -100,6 +100,12 @@ impl Error {
         )))
     }
 
+    /// `true` when the connection to Redis broke under the request (the connection manager
+    /// reconnects on its own, so one retry is worthwhile); `false` for a refused connection.
+    pub(crate) fn is_connection_dropped(&self) -> bool {
+        matches!(self, Error::Redis(e) if e.is_connection_dropped() && !e.is_connection_refusal())
+    }
+
     /// `true` for [`Error::Timeout`]: the lock was busy for the whole wait.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })

@@ -197,20 +197,19 @@ impl Locker {
         }
     }
 
-    /// Releases the lock if `token` owns it (see `scripts::RELEASE` for the answer).
+    /// Releases the lock if `token` owns it (see `scripts::RELEASE` for the answer). Retried
+    /// once when the connection broke under it: a compare-and-delete is safe to repeat.
     pub(crate) async fn release_token(
         &self,
         names: &RedisNames,
         token: &str,
     ) -> Result<i64, Error> {
-        self.eval(
-            "release",
-            crate::scripts::RELEASE
-                .key(&names.lock)
-                .arg(token)
-                .arg(&names.channel),
-        )
-        .await
+        let mut release = crate::scripts::RELEASE.prepare_invoke();
+        release.key(&names.lock).arg(token).arg(&names.channel);
+        match self.eval("release", &release).await {
+            Err(e) if e.is_connection_dropped() => self.eval("release", &release).await,
+            other => other,
+        }
     }
 
     /// Releases, in the background, the lock under any of `tokens` (used when an operation's

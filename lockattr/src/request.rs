@@ -251,6 +251,7 @@ impl Attempt {
             // their way, and this subscription takes a round trip before our first attempt.
             slot.sub = Some(self.locker.inner.hub.subscribe(&self.names.channel).await);
         }
+        let mut reconnected = false;
         loop {
             let token = new_token();
             let mut flight = InFlight {
@@ -258,7 +259,7 @@ impl Attempt {
                 token: Some(token.clone()),
             };
             let sent_at = Instant::now();
-            let (taken, value): (i64, i64) = self
+            let reply: Result<(i64, i64), Error> = self
                 .locker
                 .eval(
                     "acquire",
@@ -269,7 +270,17 @@ impl Attempt {
                         .arg(millis(self.lease))
                         .arg(fence_ttl),
                 )
-                .await?;
+                .await;
+            let (taken, value) = match reply {
+                Ok(reply) => reply,
+                // The connection broke under this attempt (a reconnect is under way): try once
+                // more with a fresh token; `flight` releases this one in case it was granted.
+                Err(e) if e.is_connection_dropped() && !reconnected => {
+                    reconnected = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             flight.token = None;
             drop(flight);
             if taken == 1 {

@@ -704,3 +704,62 @@ async fn handing_over_a_vanished_lock_tells_the_new_holder_it_is_lost() {
     let g = a.try_lock("gone").await.expect("the key is free again");
     g.release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_and_wake_ups_survive_cut_connections() {
+    // Everything the locker says to Redis goes through a proxy that cuts every connection.
+    let server = RedisServer::start();
+    let proxy = lockattr_tests::proxy::Proxy::start(server.addr()).await;
+    let via_proxy = Locker::builder(proxy.url())
+        .operation_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let direct = locker(&server).await;
+
+    // 1. A holder whose connection is cut keeps renewing once it has reconnected.
+    let g = via_proxy
+        .lock("cut")
+        .lease(Duration::from_millis(900))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.cut_all();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(g.is_held(), "renewal resumed after the reconnects");
+    assert!(
+        matches!(direct.try_lock("cut").await, Err(Error::Timeout { .. })),
+        "the lock is still held in Redis, well past its 900 ms lease"
+    );
+    g.release().await.unwrap();
+
+    // 2. A waiter whose pub/sub connection was cut is still woken by a release.
+    let holder = direct.lock("wake-cut").await.unwrap();
+    let waiter = {
+        let via_proxy = via_proxy.clone();
+        tokio::spawn(async move {
+            let g = via_proxy
+                .lock("wake-cut")
+                .wait(Duration::from_secs(10))
+                .await
+                .unwrap();
+            let at = Instant::now();
+            g.release().await.unwrap();
+            at
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.cut_all();
+    tokio::time::sleep(Duration::from_millis(700)).await; // reconnect and resubscribe
+    let released = Instant::now();
+    holder.release().await.unwrap();
+    let acquired = waiter.await.unwrap();
+    // Pub/sub (or, at worst, the short poll used while pub/sub is down), not the 30 s lease.
+    assert!(
+        acquired.duration_since(released) < Duration::from_secs(2),
+        "woken {:?} after the release",
+        acquired.duration_since(released)
+    );
+}
