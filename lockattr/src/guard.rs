@@ -344,6 +344,10 @@ impl Releasing {
                     );
                     let job = next.job.clone();
                     observe::handed_off(held.key(), expected);
+                    // From here the new holder owns the lock. If this future is dropped before
+                    // the reply, nobody confirms: a renewing holder's next renewal settles it
+                    // (it fails if the handover did), a fixed lease is declared lost at the old
+                    // deadline. Both err on the safe side.
                     self.held = None;
                     match waiter.give_lock(new_guard(next)) {
                         Ok(()) => {
