@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::key::RedisNames;
-use crate::locker::{millis, Locker};
+use crate::locker::{check_lease, millis, Locker};
 use crate::observe;
 use crate::queue::{Slot, Waiter};
 use crate::renewal::Job;
@@ -166,11 +166,9 @@ impl LockGuard {
     ///
     /// # Errors
     /// [`Error::Lost`] when the lock is no longer ours, [`Error::Redis`] when Redis failed (the
-    /// lease is then unchanged), [`Error::InvalidConfig`] for a lease under 1 ms.
+    /// lease is then unchanged), [`Error::InvalidConfig`] for a lease under 1 ms or over 366 days.
     pub async fn extend(&self, lease: Duration) -> Result<(), Error> {
-        if lease < Duration::from_millis(1) {
-            return Err(Error::config("a lease must be at least 1 ms"));
-        }
+        check_lease("the extended lease", lease)?;
         let h = self.held();
         if h.job.is_lost() {
             return Err(Error::Lost {
@@ -307,7 +305,6 @@ impl Releasing {
             // Hand the lock to the next local waiter without releasing it in Redis.
             let token = new_token();
             let lease = waiter.lease;
-            let renew = waiter.renew;
             self.waiter = Some(waiter);
             self.new_token = Some(token.clone());
             let sent_at = Instant::now();
@@ -332,37 +329,18 @@ impl Releasing {
                     };
                     let expected = held.fence + 1;
                     let old_token = held.token().to_owned();
-                    let next = Held::start(
-                        held.slot.take(),
-                        held.key().clone(),
-                        held.names().clone(),
-                        token,
-                        expected,
-                        lease,
-                        renew,
-                        old_deadline,
-                    );
-                    let job = next.job.clone();
-                    observe::handed_off(held.key(), expected);
+                    let (job, back) = hand_over(held, waiter, token, expected, old_deadline);
                     // From here the new holder owns the lock. If this future is dropped before
                     // the reply, nobody confirms: a renewing holder's next renewal settles it
                     // (it fails if the handover did), a fixed lease is declared lost at the old
                     // deadline. Both err on the safe side.
                     self.held = None;
-                    match waiter.give_lock(new_guard(next)) {
-                        Ok(()) => {
-                            return confirm_handoff(
-                                &job,
-                                &old_token,
-                                expected,
-                                reply.await,
-                                sent_at,
-                            );
-                        }
+                    let confirmed =
+                        confirm_handoff(&job, &old_token, expected, reply.await, sent_at);
+                    match back {
+                        None => return confirmed,
                         // The waiter left meanwhile: the lock is ours again; go round.
-                        Err(mut guard) => {
-                            let _ =
-                                confirm_handoff(&job, &old_token, expected, reply.await, sent_at);
+                        Some(mut guard) => {
                             self.held = guard.st.take();
                             continue 'handoff;
                         }
@@ -386,22 +364,12 @@ impl Releasing {
                     let Some(waiter) = self.waiter.take() else {
                         return Ok(());
                     };
-                    let next = Held::start(
-                        held.slot.take(),
-                        held.key().clone(),
-                        held.names().clone(),
-                        token,
-                        fence,
-                        lease,
-                        renew,
-                        sent_at + lease,
-                    );
-                    observe::handed_off(held.key(), fence);
+                    let (_, back) = hand_over(held, waiter, token, fence, sent_at + lease);
                     self.held = None;
-                    match waiter.give_lock(new_guard(next)) {
-                        Ok(()) => return Ok(()),
+                    match back {
+                        None => return Ok(()),
                         // The waiter left meanwhile: the lock is ours again; go round.
-                        Err(mut guard) => self.held = guard.st.take(),
+                        Some(mut guard) => self.held = guard.st.take(),
                     }
                 }
                 Ok(_) => {
@@ -428,7 +396,7 @@ impl Releasing {
             .locker()
             .release_token(held.names(), held.token())
             .await;
-        let key = held.key().to_string();
+        let key = held.key().clone();
         if matches!(released, Ok(n) if n > 1) {
             // Other processes wait for this lock: let them go first.
             held.slot.yield_first = true;
@@ -441,11 +409,37 @@ impl Releasing {
             }
             Ok(_) => {
                 observe::lost(&key, "found expired or taken at release");
-                Err(Error::Lost { key })
+                Err(Error::Lost {
+                    key: key.to_string(),
+                })
             }
             Err(e) => Err(e),
         }
     }
+}
+
+/// Starts the next holder's lock (already switched, or being switched, to `token` in Redis) and
+/// offers it to `waiter`. Returns its upkeep job, and the guard back if the waiter has left.
+fn hand_over(
+    held: &mut Held,
+    waiter: Waiter,
+    token: String,
+    fence: u64,
+    deadline: Instant,
+) -> (Arc<Job>, Option<LockGuard>) {
+    let next = Held::start(
+        held.slot.take(),
+        held.key().clone(),
+        held.names().clone(),
+        token,
+        fence,
+        waiter.lease,
+        waiter.renew,
+        deadline,
+    );
+    let job = next.job.clone();
+    observe::handed_off(held.key(), fence);
+    (job, waiter.give_lock(new_guard(next)).err())
 }
 
 /// How much lease the old holder must have left for an early handover: enough for the

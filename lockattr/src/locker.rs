@@ -80,6 +80,20 @@ impl Config {
     }
 }
 
+/// Longest lease accepted: a lease bounds how long a crashed holder blocks everyone, and
+/// anything longer than this is a unit mistake, not a choice.
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Checks a lease: at least 1 ms (Redis's resolution), at most [`MAX_LEASE`].
+pub(crate) fn check_lease(what: &str, lease: Duration) -> Result<(), Error> {
+    if lease < Duration::from_millis(1) || lease > MAX_LEASE {
+        return Err(Error::config(format!(
+            "{what} is {lease:?}; a lease must be between 1 ms and 366 days"
+        )));
+    }
+    Ok(())
+}
+
 /// Milliseconds, rounded up so that a sub-millisecond lease never becomes zero.
 pub(crate) fn millis(d: Duration) -> u64 {
     let ms = d.as_millis();
@@ -311,9 +325,7 @@ impl LockerBuilder {
     pub async fn build(self) -> Result<Locker, Error> {
         let config = self.config;
         validate_namespace(&config.namespace)?;
-        if config.default_lease < Duration::from_millis(1) {
-            return Err(Error::config("the default lease must be at least 1 ms"));
-        }
+        check_lease("the default lease", config.default_lease)?;
         if config.op_timeout.is_zero() {
             return Err(Error::config("the operation timeout must not be zero"));
         }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::guard::{new_guard, new_token, Held, LockGuard};
 use crate::key::{LockKey, RedisNames};
-use crate::locker::{millis, Locker};
+use crate::locker::{check_lease, millis, Locker};
 use crate::observe;
 use crate::queue::{enter, Baton, Entry, Slot};
 use crate::scripts;
@@ -82,7 +82,8 @@ impl LockRequest {
     }
 
     /// The lock's time-to-live in Redis (default: the locker's `default_lease`): how long a
-    /// crashed holder blocks others. At least 1 ms.
+    /// crashed holder blocks others. From 1 ms to 366 days (outside that range awaiting the
+    /// request fails with [`Error::InvalidConfig`]).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self
@@ -145,12 +146,7 @@ impl LockRequest {
         let config = &locker.inner.config;
         let wait = wait.unwrap_or(config.default_wait);
         let lease = lease.unwrap_or(config.default_lease);
-        if lease < Duration::from_millis(1) {
-            return Err(Error::config(format!(
-                "lease for `{}` is {lease:?}; a lease must be at least 1 ms",
-                key.display
-            )));
-        }
+        check_lease(&format!("the lease for `{}`", key.display), lease)?;
         let started = Instant::now();
         let attempt = Attempt {
             names: Arc::new(locker.names(&key)),

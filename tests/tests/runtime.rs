@@ -765,3 +765,35 @@ async fn renewal_and_wake_ups_survive_cut_connections() {
         acquired.duration_since(released)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_out_of_range_are_refused_with_a_clear_error() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    for lease in [
+        Duration::ZERO,
+        Duration::from_secs(400 * 24 * 3600),
+        Duration::MAX,
+    ] {
+        match a.lock("range").lease(lease).await {
+            Err(Error::InvalidConfig { reason }) => {
+                assert!(reason.contains("between 1 ms and 366 days"), "{reason}");
+            }
+            other => panic!("lease {lease:?}: expected InvalidConfig, got {other:?}"),
+        }
+    }
+    let g = a.lock("range").await.unwrap();
+    assert!(matches!(
+        g.extend(Duration::MAX).await,
+        Err(Error::InvalidConfig { .. })
+    ));
+    g.release().await.unwrap();
+    assert!(lock_keys(&server).is_empty());
+    assert!(matches!(
+        Locker::builder(server.url())
+            .default_lease(Duration::MAX)
+            .build()
+            .await,
+        Err(Error::InvalidConfig { .. })
+    ));
+}
