@@ -49,7 +49,13 @@ pub(crate) struct Held {
 
 /// A fresh 128-bit random owner token, as 32 hex digits.
 pub(crate) fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    // Written digit by digit: `format!` costs more than the random number itself.
+    (0..32)
+        .rev()
+        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
+        .collect()
 }
 
 impl Held {
@@ -119,8 +125,9 @@ impl LockGuard {
     }
 
     /// The fencing token of this acquisition: a number that is strictly greater than the one
-    /// of every earlier acquisition of the same key (on this Redis, within the fencing counter's
-    /// lifetime, see [`LockerBuilder::fence_ttl`](crate::LockerBuilder::fence_ttl)).
+    /// of every earlier acquisition of the same key on this Redis, also across the expiry of the
+    /// key's fencing counter and a Redis restart that lost it (see
+    /// [`LockerBuilder::fence_ttl`](crate::LockerBuilder::fence_ttl)).
     ///
     /// A lock alone cannot stop a holder that was paused (GC, swap, a stopped VM) past its lease
     /// from writing after the next holder started. Pass this token along with every write to
@@ -168,7 +175,7 @@ impl LockGuard {
     /// [`Error::Lost`] when the lock is no longer ours, [`Error::Redis`] when Redis failed (the
     /// lease is then unchanged), [`Error::InvalidConfig`] for a lease under 1 ms or over 366 days.
     pub async fn extend(&self, lease: Duration) -> Result<(), Error> {
-        check_lease("the extended lease", lease)?;
+        check_lease(lease, || "the extended lease".to_owned())?;
         let h = self.held();
         if h.job.is_lost() {
             return Err(Error::Lost {
@@ -176,19 +183,8 @@ impl LockGuard {
             });
         }
         let sent_at = Instant::now();
-        let fence_ttl = h.locker().inner.config.fence_ttl_ms(lease);
-        let extended: i64 = h
-            .locker()
-            .eval(
-                "extend",
-                scripts::RENEW
-                    .key(&h.names().lock)
-                    .key(&h.names().fence)
-                    .arg(h.token())
-                    .arg(millis(lease))
-                    .arg(fence_ttl),
-            )
-            .await?;
+        let renew = scripts::renew(h.names(), h.token(), millis(lease));
+        let extended: i64 = h.locker().eval("extend", &renew).await?;
         if extended == 1 {
             h.job.renewed(sent_at, lease);
             Ok(())
@@ -307,6 +303,14 @@ impl Releasing {
             let lease = waiter.lease;
             self.waiter = Some(waiter);
             self.new_token = Some(token.clone());
+            let handoff = scripts::handoff(
+                held.names(),
+                held.token(),
+                held.fence,
+                &token,
+                millis(lease),
+                held.locker().inner.config.fence_ttl_ms(),
+            );
             let sent_at = Instant::now();
             let old_deadline = held.job.deadline();
             let res: Result<u64, Error> = 'res: {
@@ -316,9 +320,7 @@ impl Releasing {
                     // protects the new holder until Redis confirms. Once the command is queued
                     // on the connection, nothing the new holder sends can overtake it.
                     let locker = held.locker().clone();
-                    let cmd =
-                        scripts::handoff_cmd(held.names(), held.token(), &token, millis(lease));
-                    let mut reply = pin!(locker.query::<u64>("handoff", &cmd));
+                    let mut reply = pin!(locker.query::<u64>("handoff", &handoff.cmd));
                     let first = poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await;
                     if let Poll::Ready(reply) = first {
                         break 'res reply;
@@ -346,17 +348,7 @@ impl Releasing {
                         }
                     }
                 }
-                held.locker()
-                    .eval(
-                        "handoff",
-                        scripts::HANDOFF
-                            .key(&held.names().lock)
-                            .key(&held.names().fence)
-                            .arg(held.token())
-                            .arg(&token)
-                            .arg(millis(lease)),
-                    )
-                    .await
+                held.locker().eval("handoff", &handoff).await
             };
             match res {
                 Ok(fence) if fence > 0 => {

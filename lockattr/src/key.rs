@@ -121,10 +121,21 @@ pub(crate) struct RedisNames {
 
 impl RedisNames {
     pub(crate) fn new(namespace: &str, key: &LockKey) -> Self {
-        let lock = format!("{namespace}:{{{}}}", key.escaped);
+        // Plain pushes into exact-size buffers: this runs on every acquisition.
+        let mut lock = String::with_capacity(namespace.len() + key.escaped.len() + 3);
+        lock.push_str(namespace);
+        lock.push_str(":{");
+        lock.push_str(&key.escaped);
+        lock.push('}');
+        let with = |suffix: &str| {
+            let mut s = String::with_capacity(lock.len() + suffix.len());
+            s.push_str(&lock);
+            s.push_str(suffix);
+            s
+        };
         RedisNames {
-            fence: format!("{lock}:fence"),
-            channel: format!("{lock}:released"),
+            fence: with(":fence"),
+            channel: with(":released"),
             lock,
         }
     }

@@ -111,15 +111,19 @@
 //!   Redis without failover for locks that must never be granted twice, or check fencing
 //!   tokens in storage.
 //! * **Restart without persistence.** A Redis restarted without persistence forgets every
-//!   lock (holders see [`Error::Lost`] at their next renewal) and every fencing counter (tokens
-//!   start again at 1, so storage that remembers higher tokens rejects writes until it is
-//!   reset: a loss of availability, not of safety).
+//!   lock (holders see [`Error::Lost`] at their next renewal) and every fencing counter. A
+//!   forgotten counter starts again from Redis's clock in microseconds, which is above every
+//!   token handed out before, so storage that checks fencing tokens keeps accepting the new
+//!   holders, unless Redis's wall clock was set back in between.
 //! * **Clocks.** Redis expires keys by its own clock. The guard considers the lease over at
 //!   `time the acquire was sent + lease` by the local monotonic clock, which is never later than
 //!   Redis's expiry unless the clocks' rates differ grossly.
-//! * **Fencing counter lifetime.** The counter lives [`LockerBuilder::fence_ttl`] (7 days by
-//!   default) after the key's last acquisition or renewal; a key unused for longer starts
-//!   again at 1.
+//! * **Fencing counter lifetime.** A key's counter lives [`LockerBuilder::fence_ttl`] (7 days
+//!   by default) from its creation, whether the key is in use or not. When it is gone, the next
+//!   acquisition starts it from Redis's clock in microseconds (about 1.8 × 10¹⁵ in 2026): tokens
+//!   keep increasing as long as a counter counts slower than one acquisition per microsecond
+//!   (it always does) and Redis's wall clock is not set back by about the counter's age. Tokens
+//!   fit in a `u64` and in a signed 64-bit database column.
 //!
 //! # Features
 //!

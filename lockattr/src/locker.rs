@@ -71,12 +71,10 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    /// TTL of the fencing counter for a lock taken with `lease`: at least `fence_ttl`, and long
-    /// enough to outlive the longest chain of in-process handoffs without renewal, which do not
-    /// refresh it (see `scripts::HANDOFF`).
-    pub(crate) fn fence_ttl_ms(&self, lease: Duration) -> u64 {
-        let chain = lease.saturating_mul(self.handoff_limit.saturating_add(2));
-        millis(self.fence_ttl.max(chain))
+    /// TTL of a fencing counter from its creation, in ms (see `scripts::ACQUIRE_LUA` for why
+    /// its expiry never makes tokens go backwards).
+    pub(crate) fn fence_ttl_ms(&self) -> u64 {
+        millis(self.fence_ttl)
     }
 }
 
@@ -85,10 +83,12 @@ impl Config {
 pub(crate) const MAX_LEASE: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Checks a lease: at least 1 ms (Redis's resolution), at most [`MAX_LEASE`].
-pub(crate) fn check_lease(what: &str, lease: Duration) -> Result<(), Error> {
+/// `what` names the lease in the error message (built only when the lease is refused).
+pub(crate) fn check_lease(lease: Duration, what: impl FnOnce() -> String) -> Result<(), Error> {
     if lease < Duration::from_millis(1) || lease > MAX_LEASE {
         return Err(Error::config(format!(
-            "{what} is {lease:?}; a lease must be between 1 ms and 366 days"
+            "{} is {lease:?}; a lease must be between 1 ms and 366 days",
+            what()
         )));
     }
     Ok(())
@@ -179,14 +179,24 @@ impl Locker {
         Arc::as_ptr(&self.inner) as usize
     }
 
-    /// Runs one script with the operation timeout.
+    /// Runs one script call with the operation timeout; a script Redis does not know (after a
+    /// restart or `SCRIPT FLUSH`) is loaded and the call sent once more.
     pub(crate) async fn eval<T: redis::FromRedisValue>(
         &self,
         what: &'static str,
-        inv: &redis::ScriptInvocation<'_>,
+        call: &crate::scripts::Call,
     ) -> Result<T, Error> {
-        let mut conn = self.inner.conn.clone();
-        self.bounded(what, inv.invoke_async(&mut conn)).await
+        match self.query(what, &call.cmd).await {
+            Err(Error::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let mut conn = self.inner.conn.clone();
+                self.bounded(what, call.script.prepare_invoke().load_async(&mut conn))
+                    .await?;
+                self.query(what, &call.cmd).await
+            }
+            other => other,
+        }
     }
 
     /// Sends one command with the operation timeout.
@@ -218,8 +228,7 @@ impl Locker {
         names: &RedisNames,
         token: &str,
     ) -> Result<i64, Error> {
-        let mut release = crate::scripts::RELEASE.prepare_invoke();
-        release.key(&names.lock).arg(token).arg(&names.channel);
+        let release = crate::scripts::release(names, token);
         match self.eval("release", &release).await {
             Err(e) if e.is_connection_dropped() => self.eval("release", &release).await,
             other => other,
@@ -308,10 +317,12 @@ impl LockerBuilder {
         self
     }
 
-    /// How long the per-key fencing counter outlives the last acquisition or renewal of its
-    /// lock (default 7 days). Fencing tokens of a key increase strictly as long as the key is
-    /// locked at least once per this period and Redis keeps its data; after that the counter
-    /// starts again at 1.
+    /// How long a per-key fencing counter lives from its creation (default 7 days). When it has
+    /// expired, the next acquisition of the key starts the counter from Redis's clock in
+    /// microseconds, which is above every token the old counter handed out: tokens keep
+    /// increasing across counters (see the crate docs for the one caveat, a Redis wall clock set
+    /// back). Shorter values only mean more counter restarts; the TTL exists so that counters of
+    /// keys nobody locks any more do not stay in Redis forever.
     pub fn fence_ttl(mut self, ttl: Duration) -> Self {
         self.config.fence_ttl = ttl;
         self
@@ -325,7 +336,7 @@ impl LockerBuilder {
     pub async fn build(self) -> Result<Locker, Error> {
         let config = self.config;
         validate_namespace(&config.namespace)?;
-        check_lease("the default lease", config.default_lease)?;
+        check_lease(config.default_lease, || "the default lease".to_owned())?;
         if config.op_timeout.is_zero() {
             return Err(Error::config("the operation timeout must not be zero"));
         }

@@ -186,20 +186,9 @@ impl Job {
 
     async fn renew_once(self: Arc<Self>) {
         let lease = lock(&self.timing).lease;
-        let fence_ttl = self.locker.inner.config.fence_ttl_ms(lease);
+        let renew = scripts::renew(&self.names, &self.token, millis(lease));
         let sent_at = Instant::now();
-        let res: Result<i64, Error> = self
-            .locker
-            .eval(
-                "renew",
-                scripts::RENEW
-                    .key(&self.names.lock)
-                    .key(&self.names.fence)
-                    .arg(&self.token)
-                    .arg(millis(lease))
-                    .arg(fence_ttl),
-            )
-            .await;
+        let res: Result<i64, Error> = self.locker.eval("renew", &renew).await;
         if self.released.load(Ordering::Acquire) {
             return;
         }

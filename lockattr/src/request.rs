@@ -146,7 +146,7 @@ impl LockRequest {
         let config = &locker.inner.config;
         let wait = wait.unwrap_or(config.default_wait);
         let lease = lease.unwrap_or(config.default_lease);
-        check_lease(&format!("the lease for `{}`", key.display), lease)?;
+        check_lease(lease, || format!("the lease for `{}`", key.display))?;
         let started = Instant::now();
         let attempt = Attempt {
             names: Arc::new(locker.names(&key)),
@@ -241,7 +241,8 @@ impl Attempt {
 
     /// Owns the slot: talk to Redis until the lock is ours or the wait is over.
     async fn contend(&self, mut slot: Slot) -> Result<LockGuard, Error> {
-        let fence_ttl = self.locker.inner.config.fence_ttl_ms(self.lease);
+        let counter_ttl = self.locker.inner.config.fence_ttl_ms();
+        let lease_ms = millis(self.lease);
         if std::mem::take(&mut slot.yield_first) && slot.sub.is_none() {
             // Waiters of other processes were just woken by our release; they are already on
             // their way, and this subscription takes a round trip before our first attempt.
@@ -249,26 +250,16 @@ impl Attempt {
         }
         let mut reconnected = false;
         loop {
-            let token = new_token();
             let mut flight = InFlight {
                 attempt: self,
-                token: Some(token.clone()),
+                token: Some(new_token()),
             };
+            let token = flight.token.as_deref().unwrap_or_default();
+            let call = scripts::acquire(&self.names, token, lease_ms, counter_ttl);
             let sent_at = Instant::now();
-            let reply: Result<(i64, i64), Error> = self
-                .locker
-                .eval(
-                    "acquire",
-                    scripts::ACQUIRE
-                        .key(&self.names.lock)
-                        .key(&self.names.fence)
-                        .arg(&token)
-                        .arg(millis(self.lease))
-                        .arg(fence_ttl),
-                )
-                .await;
-            let (taken, value) = match reply {
-                Ok(reply) => reply,
+            let reply: Result<i64, Error> = self.locker.eval("acquire", &call).await;
+            let reply = match reply {
+                Ok(reply) => scripts::Acquired::decode(reply),
                 // The connection broke under this attempt (a reconnect is under way): try once
                 // more with a fresh token; `flight` releases this one in case it was granted.
                 Err(e) if e.is_connection_dropped() && !reconnected => {
@@ -277,25 +268,28 @@ impl Attempt {
                 }
                 Err(e) => return Err(e),
             };
+            let holder_ttl = match reply {
+                scripts::Acquired::Taken(fence) => {
+                    let token = flight.token.take().unwrap_or_default();
+                    slot.sub = None;
+                    slot.taken_from_free();
+                    let held = Held::start(
+                        slot,
+                        self.key.clone(),
+                        self.names.clone(),
+                        token,
+                        fence,
+                        self.lease,
+                        self.renew,
+                        sent_at + self.lease,
+                    );
+                    observe::acquired(&self.key, self.started.elapsed(), fence);
+                    return Ok(new_guard(held));
+                }
+                scripts::Acquired::Busy(ttl) => ttl,
+            };
             flight.token = None;
             drop(flight);
-            if taken == 1 {
-                slot.sub = None;
-                slot.taken_from_free();
-                let fence = u64::try_from(value).unwrap_or(0);
-                let held = Held::start(
-                    slot,
-                    self.key.clone(),
-                    self.names.clone(),
-                    token,
-                    fence,
-                    self.lease,
-                    self.renew,
-                    sent_at + self.lease,
-                );
-                observe::acquired(&self.key, self.started.elapsed(), fence);
-                return Ok(new_guard(held));
-            }
             let now = Instant::now();
             let remaining = match self.deadline {
                 Some(d) if d <= now => return Err(self.timeout()),
@@ -310,8 +304,8 @@ impl Attempt {
             };
             // Fallback timer: the holder's remaining TTL (a crashed holder's lock expires
             // without any announcement), shorter when pub/sub is not working.
-            let mut fallback = match u64::try_from(value) {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms + 1),
+            let mut fallback = match holder_ttl {
+                Some(ms) if ms > 0 => Duration::from_millis(ms + 1),
                 _ => Duration::from_millis(100),
             };
             if !sub.confirmed {
