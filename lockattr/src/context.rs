@@ -53,7 +53,7 @@ pub fn fencing_token() -> Option<u64> {
 pub(crate) async fn run<F: Future>(req: LockRequest, fut: F) -> Result<F::Output, Error> {
     let locker_id = req.locker().id();
     let lock = match req.key() {
-        Ok(key) => req.locker().names(key).lock,
+        Ok(key) => req.locker().names(key).lock().to_owned(),
         Err(_) => String::new(),
     };
     let outer = HELD.try_with(Arc::clone).ok();

@@ -51,11 +51,12 @@ pub(crate) struct Held {
 pub(crate) fn new_token() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>();
-    // Written digit by digit: `format!` costs more than the random number itself.
-    (0..32)
-        .rev()
-        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
-        .collect()
+    // Written digit by digit into a buffer: `format!` costs more than the random number.
+    let mut digits = [0u8; 32];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[usize::from((bits >> (124 - 4 * i)) as u8 & 0xf)];
+    }
+    String::from_utf8_lossy(&digits).into_owned()
 }
 
 impl Held {
@@ -159,13 +160,10 @@ impl LockGuard {
     /// # }
     /// ```
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.held().job.lost.subscribe();
-        async move {
-            if rx.wait_for(|lost| *lost).await.is_err() {
-                // The guard is gone without the lock being lost: never resolve.
-                std::future::pending::<()>().await;
-            }
-        }
+        let job = self.held().job.clone();
+        // Holding the job keeps it alive without the guard; a guard released without the lock
+        // being lost never marks it lost, so the future then never resolves.
+        async move { job.wait_lost().await }
     }
 
     /// Sets the lease to `lease` from now (one round trip). With renewal on, later renewals
@@ -499,5 +497,19 @@ impl Drop for Releasing {
             }
             None => drop(slot),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_are_32_random_hex_digits() {
+        let a = super::new_token();
+        let b = super::new_token();
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
     }
 }

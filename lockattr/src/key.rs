@@ -111,33 +111,47 @@ impl KeyBuilder {
     }
 }
 
-/// The Redis names of one lock under one namespace.
+/// The Redis names of one lock under one namespace, in one buffer: the lock's name is a prefix
+/// of its fencing counter's (this is built on every acquisition).
 #[derive(Clone, Debug)]
 pub(crate) struct RedisNames {
-    pub(crate) lock: String,
-    pub(crate) fence: String,
-    pub(crate) channel: String,
+    /// `<namespace>:{<key>}:fence`.
+    buf: String,
+    lock_len: usize,
 }
+
+/// What the release channel's name adds to the lock's (`scripts::RELEASE_LUA` appends it too).
+const CHANNEL_SUFFIX: &str = ":released";
+const FENCE_SUFFIX: &str = ":fence";
 
 impl RedisNames {
     pub(crate) fn new(namespace: &str, key: &LockKey) -> Self {
-        // Plain pushes into exact-size buffers: this runs on every acquisition.
-        let mut lock = String::with_capacity(namespace.len() + key.escaped.len() + 3);
-        lock.push_str(namespace);
-        lock.push_str(":{");
-        lock.push_str(&key.escaped);
-        lock.push('}');
-        let with = |suffix: &str| {
-            let mut s = String::with_capacity(lock.len() + suffix.len());
-            s.push_str(&lock);
-            s.push_str(suffix);
-            s
-        };
-        RedisNames {
-            fence: with(":fence"),
-            channel: with(":released"),
-            lock,
-        }
+        let lock_len = namespace.len() + key.escaped.len() + 3;
+        let mut buf = String::with_capacity(lock_len + FENCE_SUFFIX.len());
+        buf.push_str(namespace);
+        buf.push_str(":{");
+        buf.push_str(&key.escaped);
+        buf.push('}');
+        buf.push_str(FENCE_SUFFIX);
+        RedisNames { buf, lock_len }
+    }
+
+    /// The lock: a string holding the owner's token.
+    pub(crate) fn lock(&self) -> &str {
+        &self.buf[..self.lock_len]
+    }
+
+    /// The fencing counter.
+    pub(crate) fn fence(&self) -> &str {
+        &self.buf
+    }
+
+    /// The pub/sub channel on which releases are announced (needed only under contention).
+    pub(crate) fn channel(&self) -> String {
+        let mut c = String::with_capacity(self.lock_len + CHANNEL_SUFFIX.len());
+        c.push_str(self.lock());
+        c.push_str(CHANNEL_SUFFIX);
+        c
     }
 }
 
@@ -223,9 +237,9 @@ mod tests {
     fn names_share_one_hash_tag() {
         let k = LockKey::from_user("x}y".into()).unwrap();
         let n = RedisNames::new("lock", &k);
-        assert_eq!(n.lock, "lock:{x%7Dy}");
-        assert_eq!(n.fence, "lock:{x%7Dy}:fence");
-        assert_eq!(n.channel, "lock:{x%7Dy}:released");
+        assert_eq!(n.lock(), "lock:{x%7Dy}");
+        assert_eq!(n.fence(), "lock:{x%7Dy}:fence");
+        assert_eq!(n.channel(), "lock:{x%7Dy}:released");
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub(crate) struct Inner {
     pub(crate) hub: Hub,
     /// Per-key local state (holder flag and FIFO of waiting tasks), keyed by the lock's Redis
     /// name. An entry exists only while a task of this process holds or wants the key.
-    pub(crate) keys: Mutex<HashMap<String, KeyLocal>>,
+    pub(crate) keys: Mutex<HashMap<Arc<str>, KeyLocal>>,
     /// Lease upkeep of every lock held through this locker.
     pub(crate) timers: Arc<Timers>,
     _scheduler: SchedulerTask,
@@ -167,7 +167,9 @@ impl Locker {
     /// [`Error::InvalidKey`] as for [`lock`](Self::lock).
     pub fn redis_key(&self, key: &str) -> Result<String, Error> {
         let key = LockKey::from_user(key.to_owned())?;
-        Ok(RedisNames::new(&self.inner.config.namespace, &key).lock)
+        Ok(RedisNames::new(&self.inner.config.namespace, &key)
+            .lock()
+            .to_owned())
     }
 
     pub(crate) fn names(&self, key: &LockKey) -> RedisNames {
@@ -207,6 +209,16 @@ impl Locker {
     ) -> Result<T, Error> {
         let mut conn = self.inner.conn.clone();
         self.bounded(what, cmd.query_async(&mut conn)).await
+    }
+
+    /// Sends a pipeline with the operation timeout.
+    pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, Error> {
+        let mut conn = self.inner.conn.clone();
+        self.bounded(what, pipe.query_async(&mut conn)).await
     }
 
     async fn bounded<T>(
@@ -346,9 +358,12 @@ impl LockerBuilder {
             ));
         }
         let client = redis::Client::open(self.url.as_str())?;
+        // No response timeout inside redis-rs: `bounded` puts the operation timeout around
+        // every call already (reconnect waits included), and a second timer per command costs
+        // measurable time on the uncontended path.
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout))
-            .set_response_timeout(Some(config.op_timeout))
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_millis(200));

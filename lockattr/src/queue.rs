@@ -10,9 +10,10 @@
 //! The slot is a value with a `Drop` that passes it on, so it cannot be lost: a task that is
 //! cancelled, times out or panics while owning it hands it to the next waiter.
 
-use std::collections::VecDeque;
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{MutexGuard, PoisonError};
+use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -25,8 +26,6 @@ use crate::pubsub::Subscription;
 #[derive(Debug, Default)]
 pub(crate) struct KeyLocal {
     pub(crate) waiters: VecDeque<Waiter>,
-    /// Handoffs since the lock was last taken from free in Redis.
-    pub(crate) handoffs_in_row: u32,
 }
 
 /// A task waiting for the slot.
@@ -71,7 +70,10 @@ pub(crate) enum Baton {
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) locker: Locker,
-    pub(crate) name: String,
+    /// The lock's Redis name, shared with the map entry.
+    pub(crate) name: Arc<str>,
+    /// Handoffs since the lock was last taken from free in Redis (it travels with the slot).
+    handoffs_in_row: u32,
     /// The release-channel subscription, kept while contending and passed along with the
     /// slot so that a contention episode subscribes once.
     pub(crate) sub: Option<Subscription>,
@@ -81,9 +83,7 @@ pub(crate) struct Slot {
     armed: bool,
 }
 
-pub(crate) fn lock_keys(
-    locker: &Locker,
-) -> MutexGuard<'_, std::collections::HashMap<String, KeyLocal>> {
+pub(crate) fn lock_keys(locker: &Locker) -> MutexGuard<'_, HashMap<Arc<str>, KeyLocal>> {
     // Every update of the map is a single step that leaves it consistent; a panic elsewhere
     // while it was locked does not make it unusable.
     locker
@@ -110,7 +110,7 @@ pub(crate) enum Entry {
 #[derive(Debug)]
 pub(crate) struct Ticket {
     locker: Locker,
-    name: String,
+    name: Arc<str>,
     id: u64,
     pub(crate) rx: Option<oneshot::Receiver<Baton>>,
 }
@@ -137,16 +137,18 @@ pub(crate) fn enter(
         });
         return Entry::Queued(Ticket {
             locker: locker.clone(),
-            name: name.to_owned(),
+            name: Arc::from(name),
             id,
             rx: Some(rx),
         });
     }
-    keys.insert(name.to_owned(), KeyLocal::default());
+    let name: Arc<str> = Arc::from(name);
+    keys.insert(name.clone(), KeyLocal::default());
     drop(keys);
     Entry::Slot(Slot {
         locker: locker.clone(),
-        name: name.to_owned(),
+        name,
+        handoffs_in_row: 0,
         sub: None,
         yield_first: false,
         armed: true,
@@ -157,7 +159,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         {
             let mut keys = lock_keys(&self.locker);
-            if let Some(local) = keys.get_mut(&self.name) {
+            if let Some(local) = keys.get_mut(&*self.name) {
                 if let Some(pos) = local.waiters.iter().position(|w| w.id == self.id) {
                     local.waiters.remove(pos);
                 }
@@ -170,23 +172,21 @@ impl Drop for Ticket {
 
 impl Slot {
     /// Takes the next waiter for an in-process handoff, if the handoff budget allows one.
-    pub(crate) fn next_for_handoff(&self) -> Option<Waiter> {
-        let limit = self.locker.inner.config.handoff_limit;
-        let mut keys = lock_keys(&self.locker);
-        let local = keys.get_mut(&self.name)?;
-        if local.handoffs_in_row >= limit {
+    pub(crate) fn next_for_handoff(&mut self) -> Option<Waiter> {
+        if self.handoffs_in_row >= self.locker.inner.config.handoff_limit {
             return None;
         }
-        let w = local.waiters.pop_front()?;
-        local.handoffs_in_row += 1;
+        let w = lock_keys(&self.locker)
+            .get_mut(&*self.name)?
+            .waiters
+            .pop_front()?;
+        self.handoffs_in_row += 1;
         Some(w)
     }
 
     /// Records that the lock was taken from free in Redis (a new handoff chain starts).
-    pub(crate) fn taken_from_free(&self) {
-        if let Some(local) = lock_keys(&self.locker).get_mut(&self.name) {
-            local.handoffs_in_row = 0;
-        }
+    pub(crate) fn taken_from_free(&mut self) {
+        self.handoffs_in_row = 0;
     }
 
     /// Moves the slot into a new value (used when it travels inside a baton).
@@ -194,7 +194,8 @@ impl Slot {
         self.armed = false;
         Slot {
             locker: self.locker.clone(),
-            name: std::mem::take(&mut self.name),
+            name: self.name.clone(),
+            handoffs_in_row: self.handoffs_in_row,
             sub: self.sub.take(),
             yield_first: self.yield_first,
             armed: true,
@@ -210,14 +211,14 @@ impl Drop for Slot {
         self.armed = false;
         let mut sub = self.sub.take();
         let mut keys = lock_keys(&self.locker);
-        let Some(local) = keys.get_mut(&self.name) else {
+        let MapEntry::Occupied(mut local) = keys.entry(self.name.clone()) else {
             return;
         };
-        local.handoffs_in_row = 0;
-        while let Some(w) = local.waiters.pop_front() {
+        while let Some(w) = local.get_mut().waiters.pop_front() {
             let slot = Slot {
                 locker: self.locker.clone(),
                 name: self.name.clone(),
+                handoffs_in_row: 0,
                 sub: sub.take(),
                 yield_first: self.yield_first,
                 armed: true,
@@ -232,7 +233,7 @@ impl Drop for Slot {
                 }
             }
         }
-        keys.remove(&self.name);
+        local.remove();
         drop(keys);
         drop(sub);
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -31,7 +31,9 @@ pub(crate) struct Job {
     pub(crate) names: Arc<RedisNames>,
     pub(crate) token: String,
     pub(crate) renew: bool,
-    pub(crate) lost: watch::Sender<bool>,
+    /// Set once, when the lock is found lost; `lost_changed` wakes whoever waits for that.
+    lost: AtomicBool,
+    lost_changed: Notify,
     timing: Mutex<Timing>,
     /// Set when the guard is released or dropped: nothing may renew the lock after that.
     released: AtomicBool,
@@ -69,7 +71,8 @@ impl Job {
             names,
             token,
             renew,
-            lost: watch::channel(false).0,
+            lost: AtomicBool::new(false),
+            lost_changed: Notify::new(),
             timing: Mutex::new(Timing {
                 deadline,
                 lease,
@@ -82,16 +85,31 @@ impl Job {
     }
 
     pub(crate) fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        self.lost.load(Ordering::Acquire)
     }
 
     /// Marks the lock lost; returns `true` the first time.
     pub(crate) fn mark_lost(&self, why: &str) -> bool {
-        let first = !self.lost.send_replace(true);
+        let first = !self.lost.swap(true, Ordering::AcqRel);
         if first {
+            self.lost_changed.notify_waiters();
             observe::lost(&self.key, why);
         }
         first
+    }
+
+    /// Resolves once the lock is lost (at once if it already is).
+    pub(crate) async fn wait_lost(&self) {
+        loop {
+            let changed = self.lost_changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the flag is read, so a loss in between is not missed.
+            changed.as_mut().enable();
+            if self.is_lost() {
+                return;
+            }
+            changed.await;
+        }
     }
 
     pub(crate) fn lease(&self) -> Duration {

@@ -159,7 +159,7 @@ impl LockRequest {
         };
         let entry = enter(
             &attempt.locker,
-            &attempt.names.lock,
+            attempt.names.lock(),
             !wait.is_zero(),
             lease,
             renew,
@@ -230,6 +230,32 @@ impl Drop for InFlight<'_> {
 }
 
 impl Attempt {
+    /// One [`scripts::try_plain`] round trip; when it had to create the fencing counter, a
+    /// second one starts the counter from Redis's clock before the lock is used.
+    async fn try_plain(
+        &self,
+        token: &str,
+        lease_ms: u64,
+        counter_ttl: u64,
+    ) -> Result<scripts::Acquired, Error> {
+        let pipe = scripts::try_plain(&self.names, token, lease_ms);
+        let (taken, fence): (Option<redis::Value>, u64) =
+            self.locker.query_pipe("acquire", &pipe).await?;
+        if taken.is_none() {
+            return Ok(scripts::Acquired::Busy(None));
+        }
+        if fence >= scripts::SEED_FLOOR {
+            return Ok(scripts::Acquired::Taken(fence));
+        }
+        let reseed = scripts::reseed(&self.names, token, counter_ttl);
+        let fence: u64 = self.locker.eval("acquire", &reseed).await?;
+        Ok(if fence > 0 {
+            scripts::Acquired::Taken(fence)
+        } else {
+            scripts::Acquired::Busy(None)
+        })
+    }
+
     fn timeout(&self) -> Error {
         let waited = self.started.elapsed();
         observe::timed_out(&self.key, waited);
@@ -246,8 +272,12 @@ impl Attempt {
         if std::mem::take(&mut slot.yield_first) && slot.sub.is_none() {
             // Waiters of other processes were just woken by our release; they are already on
             // their way, and this subscription takes a round trip before our first attempt.
-            slot.sub = Some(self.locker.inner.hub.subscribe(&self.names.channel).await);
+            slot.sub = Some(self.locker.inner.hub.subscribe(&self.names.channel()).await);
         }
+        // The first attempt of a task that nobody of this process waits with goes out as plain
+        // commands (see `scripts::try_plain`); attempts that may have to wait use the script,
+        // which marks the holder so that its release is announced.
+        let mut plain = slot.sub.is_none();
         let mut reconnected = false;
         loop {
             let mut flight = InFlight {
@@ -255,11 +285,19 @@ impl Attempt {
                 token: Some(new_token()),
             };
             let token = flight.token.as_deref().unwrap_or_default();
-            let call = scripts::acquire(&self.names, token, lease_ms, counter_ttl);
+            let try_plain = std::mem::take(&mut plain);
             let sent_at = Instant::now();
-            let reply: Result<i64, Error> = self.locker.eval("acquire", &call).await;
+            let reply = if try_plain {
+                self.try_plain(token, lease_ms, counter_ttl).await
+            } else {
+                let call = scripts::acquire(&self.names, token, lease_ms, counter_ttl);
+                self.locker
+                    .eval("acquire", &call)
+                    .await
+                    .map(scripts::Acquired::decode)
+            };
             let reply = match reply {
-                Ok(reply) => scripts::Acquired::decode(reply),
+                Ok(reply) => reply,
                 // The connection broke under this attempt (a reconnect is under way): try once
                 // more with a fresh token; `flight` releases this one in case it was granted.
                 Err(e) if e.is_connection_dropped() && !reconnected => {
@@ -268,8 +306,9 @@ impl Attempt {
                 }
                 Err(e) => return Err(e),
             };
+            let lease_end = sent_at + self.lease;
             let holder_ttl = match reply {
-                scripts::Acquired::Taken(fence) => {
+                scripts::Acquired::Taken(fence) if Instant::now() < lease_end => {
                     let token = flight.token.take().unwrap_or_default();
                     slot.sub = None;
                     slot.taken_from_free();
@@ -281,10 +320,27 @@ impl Attempt {
                         fence,
                         self.lease,
                         self.renew,
-                        sent_at + self.lease,
+                        lease_end,
                     );
                     observe::acquired(&self.key, self.started.elapsed(), fence);
                     return Ok(new_guard(held));
+                }
+                // Taken, but the answer came so late that the lease may have run out already:
+                // never hand out such a lock (`flight` releases it); try again at once.
+                scripts::Acquired::Taken(_) => {
+                    drop(flight);
+                    if self.deadline.is_some_and(|d| d <= Instant::now()) {
+                        return Err(self.timeout());
+                    }
+                    continue;
+                }
+                // Busy after the plain attempt: go on to the script at once (unless this was the
+                // request's only attempt), which marks the holder before this task waits.
+                scripts::Acquired::Busy(_)
+                    if try_plain && self.deadline.is_none_or(|d| d > Instant::now()) =>
+                {
+                    flight.token = None;
+                    continue;
                 }
                 scripts::Acquired::Busy(ttl) => ttl,
             };
@@ -299,7 +355,7 @@ impl Attempt {
             let Some(sub) = slot.sub.as_ref() else {
                 // Subscribe, then try again at once: a release published before the
                 // subscription was confirmed would otherwise be missed.
-                slot.sub = Some(self.locker.inner.hub.subscribe(&self.names.channel).await);
+                slot.sub = Some(self.locker.inner.hub.subscribe(&self.names.channel()).await);
                 continue;
             };
             // Fallback timer: the holder's remaining TTL (a crashed holder's lock expires

@@ -31,10 +31,11 @@ use crate::key::RedisNames;
 ///   vanished between the two calls)
 ///
 /// The fencing counter is not refreshed on every acquisition: it lives `ARGV[3]` from its
-/// creation, and when it has expired (or Redis lost it in a restart) the next acquisition starts
-/// it again from Redis's clock in microseconds. That value is larger than any token the old
-/// counter handed out (it would have had to count more than once per microsecond of its life to
-/// catch up), so tokens keep increasing across the counter's lifetimes.
+/// creation. A counter below [`SEED_FLOOR`] did not exist a moment ago (it expired, Redis lost
+/// it in a restart, or a failed [`try_plain`] attempt created it by incrementing nothing); it
+/// then starts again from Redis's clock in microseconds. That value is larger than any token
+/// an earlier counter handed out (it would have had to count more than once per microsecond of
+/// its life to catch up), so tokens keep increasing across the counter's lifetimes.
 ///
 /// A failed attempt appends the waiter mark to the holder's token, so that the
 /// holder's release knows to announce itself. The taken path is kept as cheap as a fenced lock
@@ -46,7 +47,7 @@ use crate::key::RedisNames;
 const ACQUIRE_LUA: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local fence = redis.call('INCR', KEYS[2])
-  if fence == 1 then
+  if fence < 1000000000000000 then
     local now = redis.call('TIME')
     fence = now[1] * 1000000 + now[2]
     redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', ARGV[3])
@@ -64,7 +65,8 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
 /// Release a lock, and wake the waiters of other processes if the lock is marked.
 ///
 /// * `KEYS[1]` lock key
-/// * `ARGV[1]` token, `ARGV[2]` release channel
+/// * `ARGV[1]` token
+/// * publishes on the release channel, `KEYS[1]` followed by `:released`
 /// * returns `0` when the lock was not ours any more (expired or taken), otherwise `1 +` the
 ///   number of subscribers the release reached. The releasing process is not subscribed to its
 ///   own lock's channel while it holds the lock, so that number counts the *other* processes
@@ -79,7 +81,7 @@ if value == ARGV[1] then
 end
 if value == ARGV[1] .. '!' then
   redis.call('DEL', KEYS[1])
-  return 1 + redis.call('PUBLISH', ARGV[2], '')
+  return 1 + redis.call('PUBLISH', KEYS[1] .. ':released', '')
 end
 return 0
 ";
@@ -94,12 +96,12 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 ///   holder's fencing token + 1, `ARGV[5]` fencing counter TTL in ms
 /// * returns the new fencing token, or `0` when the lock was not ours any more
 ///
-/// While the old holder owns the lock nobody else increments the counter, so the new token is
-/// `ARGV[4]`; the caller relies on that to hand the lock over before the reply arrives. If the
-/// counter expired while the lock was held, it is recreated at `ARGV[4]`, which is still above
-/// every token handed out before.
+/// The new token is always `ARGV[4]`, so the caller can hand the lock over before the reply
+/// arrives: it is above the old holder's, and the counter is raised to at least it, so every
+/// later acquisition gets a larger one. (The counter may be ahead already: a failed
+/// [`try_plain`] attempt of another process increments it; such values are never used.)
 ///
-/// Commands: 4 (EVALSHA, GET, SET, INCR; 1 more when the counter is recreated), 2 when not ours.
+/// Commands: 4 (EVALSHA, GET, SET, INCR; 1 more when the counter was behind), 2 when not ours.
 const HANDOFF_LUA: &str = r"
 local value = redis.call('GET', KEYS[1])
 local mark = ''
@@ -110,14 +112,43 @@ if value ~= ARGV[1] then
   mark = '!'
 end
 redis.call('SET', KEYS[1], ARGV[2] .. mark, 'PX', ARGV[3])
-local fence = redis.call('INCR', KEYS[2])
-if fence == 1 then
+if redis.call('INCR', KEYS[2]) < tonumber(ARGV[4]) then
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
-  fence = tonumber(ARGV[4])
+end
+return tonumber(ARGV[4])
+";
+static HANDOFF: LazyLock<Script> = LazyLock::new(|| Script::new(HANDOFF_LUA));
+
+/// Fencing tokens below this (10¹⁵ µs after the epoch, in 2001) come from a counter that did
+/// not exist a moment ago, never from a clock-seeded one (see [`ACQUIRE_LUA`]).
+pub(crate) const SEED_FLOOR: u64 = 1_000_000_000_000_000;
+
+/// Start the fencing counter of a lock just taken by [`try_plain`] that found no counter.
+///
+/// * `KEYS[1]` lock key, `KEYS[2]` fencing counter
+/// * `ARGV[1]` token, `ARGV[2]` fencing counter TTL in ms
+/// * returns the lock's fencing token: the larger of the incremented counter and Redis's clock
+///   in microseconds; `0` when the lock is not ours any more
+///
+/// Commands: 6 (EVALSHA, GET, INCR, TIME, SET or PEXPIRE), 2 when not ours. Runs once per
+/// counter lifetime.
+const RESEED_LUA: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value ~= ARGV[1] and value ~= ARGV[1] .. '!' then
+  return 0
+end
+local fence = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+local seed = now[1] * 1000000 + now[2]
+if fence < seed then
+  fence = seed
+  redis.call('SET', KEYS[2], string.format('%.0f', seed), 'PX', ARGV[2])
+else
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 return fence
 ";
-static HANDOFF: LazyLock<Script> = LazyLock::new(|| Script::new(HANDOFF_LUA));
+static RESEED: LazyLock<Script> = LazyLock::new(|| Script::new(RESEED_LUA));
 
 /// Extend the lease of a held lock (the watchdog's renewal, and `LockGuard::extend`); the
 /// token may carry the waiter mark.
@@ -137,8 +168,8 @@ return 0
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
 
 /// The source of every script, for loading them once when a `Locker` is built.
-pub(crate) fn all() -> [&'static str; 4] {
-    [ACQUIRE_LUA, RELEASE_LUA, HANDOFF_LUA, RENEW_LUA]
+pub(crate) fn all() -> [&'static str; 5] {
+    [ACQUIRE_LUA, RELEASE_LUA, HANDOFF_LUA, RENEW_LUA, RESEED_LUA]
 }
 
 /// `EVALSHA <script> <numkeys>`; the caller appends the keys and arguments.
@@ -147,10 +178,11 @@ pub(crate) fn all() -> [&'static str; 4] {
 /// every key and argument into vectors of its own first: the acquire and release paths are
 /// measured against a raw two-round-trip floor, and every allocation shows. `Locker::eval`
 /// reloads a script that Redis does not know (`NOSCRIPT`) and sends the command again.
-fn evalsha(script: &'static LazyLock<Script>, numkeys: u8) -> Call {
+fn evalsha(script: &'static LazyLock<Script>, numkeys: u8, args: usize, bytes: usize) -> Call {
     let script: &'static Script = script;
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(numkeys);
+    // Sized up front: growing the command's buffers showed up in instruction counts.
+    let mut cmd = Cmd::with_capacity(args + 3, bytes + 64);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(numkeys);
     Call { script, cmd }
 }
 
@@ -163,10 +195,10 @@ pub(crate) struct Call {
 
 /// [`ACQUIRE_LUA`] for `token` with `lease_ms`.
 pub(crate) fn acquire(names: &RedisNames, token: &str, lease_ms: u64, counter_ttl_ms: u64) -> Call {
-    let mut call = evalsha(&ACQUIRE, 2);
+    let mut call = evalsha(&ACQUIRE, 2, 5, names.fence().len() * 2 + token.len() + 40);
     call.cmd
-        .arg(&names.lock)
-        .arg(&names.fence)
+        .arg(names.lock())
+        .arg(names.fence())
         .arg(token)
         .arg(lease_ms)
         .arg(counter_ttl_ms);
@@ -193,10 +225,54 @@ impl Acquired {
     }
 }
 
+/// The first attempt on a lock nobody of this process waits for: `SET NX PX` and `INCR` of the
+/// fencing counter, pipelined in one round trip with no script, which makes an uncontended
+/// acquisition cost Redis no more than a bare `SET NX PX` does (the script costs measurably more;
+/// see `lockbench`). Reply: `(Option<String>, u64)`, the `SET` answer (`Some` when taken) and
+/// the counter.
+///
+/// Why this is safe without a script:
+/// * **Order.** The holder's increment runs after its `SET`, and both before it releases (it
+///   releases only once it has the reply), so every later holder's increment, which follows its
+///   own later `SET`, is larger. Redis runs a pipeline received in one read back to back; if it
+///   ever did not, and the lease ran out between the two commands, the reply would arrive after
+///   the lease, and the caller throws such a lock away (it checks the reply against
+///   `sent + lease`).
+/// * **Failed attempts** increment the counter too. That only skips numbers; `HANDOFF_LUA` does
+///   not rely on the counter being untouched while the lock is held.
+/// * **No counter**: the increment then returns a small number (below [`SEED_FLOOR`]); the
+///   caller starts the counter with [`reseed`] before using the lock.
+/// * **Waiters** are not marked by this attempt (a `SET` that failed cannot be followed by a
+///   conditional `APPEND` without a script); a busy answer sends the caller straight on to
+///   [`acquire`], which marks.
+pub(crate) fn try_plain(names: &RedisNames, token: &str, lease_ms: u64) -> redis::Pipeline {
+    let mut pipe = redis::Pipeline::with_capacity(2);
+    pipe.cmd("SET")
+        .arg(names.lock())
+        .arg(token)
+        .arg("NX")
+        .arg("PX")
+        .arg(lease_ms)
+        .cmd("INCR")
+        .arg(names.fence());
+    pipe
+}
+
+/// [`RESEED_LUA`] for the holder of `token`.
+pub(crate) fn reseed(names: &RedisNames, token: &str, counter_ttl_ms: u64) -> Call {
+    let mut call = evalsha(&RESEED, 2, 4, names.fence().len() * 2 + token.len() + 20);
+    call.cmd
+        .arg(names.lock())
+        .arg(names.fence())
+        .arg(token)
+        .arg(counter_ttl_ms);
+    call
+}
+
 /// [`RELEASE_LUA`] for `token`.
 pub(crate) fn release(names: &RedisNames, token: &str) -> Call {
-    let mut call = evalsha(&RELEASE, 1);
-    call.cmd.arg(&names.lock).arg(token).arg(&names.channel);
+    let mut call = evalsha(&RELEASE, 1, 2, names.lock().len() + token.len());
+    call.cmd.arg(names.lock()).arg(token);
     call
 }
 
@@ -214,10 +290,15 @@ pub(crate) fn handoff(
     lease_ms: u64,
     counter_ttl_ms: u64,
 ) -> Call {
-    let mut call = evalsha(&HANDOFF, 2);
+    let mut call = evalsha(
+        &HANDOFF,
+        2,
+        7,
+        names.fence().len() * 2 + 2 * old_token.len() + 60,
+    );
     call.cmd
-        .arg(&names.lock)
-        .arg(&names.fence)
+        .arg(names.lock())
+        .arg(names.fence())
         .arg(old_token)
         .arg(new_token)
         .arg(lease_ms)
@@ -228,8 +309,8 @@ pub(crate) fn handoff(
 
 /// [`RENEW_LUA`] for `token`, setting the lease to `lease_ms`.
 pub(crate) fn renew(names: &RedisNames, token: &str, lease_ms: u64) -> Call {
-    let mut call = evalsha(&RENEW, 1);
-    call.cmd.arg(&names.lock).arg(token).arg(lease_ms);
+    let mut call = evalsha(&RENEW, 1, 3, names.lock().len() + token.len() + 20);
+    call.cmd.arg(names.lock()).arg(token).arg(lease_ms);
     call
 }
 

@@ -72,8 +72,8 @@ impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
-                rounds: 10,
-                batch: 100,
+                rounds: 50,
+                batch: 20,
                 distinct_tasks: 64,
                 distinct_duration: Duration::from_millis(500),
                 contended_duration: Duration::from_millis(600),
@@ -82,8 +82,8 @@ impl Plan {
             }
         } else {
             Plan {
-                rounds: 25,
-                batch: 200,
+                rounds: 250,
+                batch: 20,
                 distinct_tasks: 64,
                 distinct_duration: Duration::from_millis(1500),
                 contended_duration: Duration::from_millis(2500),
