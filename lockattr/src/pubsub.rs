@@ -9,15 +9,22 @@
 //!
 //! All `SUBSCRIBE`/`UNSUBSCRIBE` commands go through one task, in order, so an unsubscribe for a
 //! channel that was re-subscribed in the meantime is never sent after the new subscribe.
+//!
+//! The connection speaks RESP3, and announcements are delivered by a push callback that redis-rs
+//! calls on its connection task as the message is read: it wakes the waiting contender directly.
+//! (With RESP2 pub/sub, redis-rs forwards each message through a channel to a stream, and a
+//! reader task of ours would have to pass it on: two task hand-offs on the path from a release
+//! in another process to the next attempt, measured in `lockbench`'s cross-process handoff.)
+//! RESP3 needs Redis 6 or newer; against an older Redis the connection fails and waiters fall
+//! back to their timers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::PubSubSink;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::task::JoinHandle;
 
 #[derive(Debug, Default)]
 struct Channels {
@@ -68,12 +75,11 @@ impl Hub {
         let channels = Arc::new(Mutex::new(Channels::default()));
         let (tx, rx) = mpsc::unbounded_channel();
         let task = HubTask {
-            client,
+            client: resp3(&client),
             channels: channels.clone(),
             cmds: tx.downgrade(),
             op_timeout,
-            sink: None,
-            reader: None,
+            conn: None,
             generation: 0,
             retry_scheduled: false,
         };
@@ -152,13 +158,24 @@ impl Drop for Subscription {
     }
 }
 
+/// The same server and settings as `client`, speaking RESP3 (pushes on a normal connection).
+fn resp3(client: &redis::Client) -> redis::Client {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    // Opening from a valid `ConnectionInfo` only re-checks it; it cannot fail differently from
+    // the first time.
+    redis::Client::open(info.set_redis_settings(settings)).unwrap_or_else(|_| client.clone())
+}
+
 struct HubTask {
     client: redis::Client,
     channels: Arc<Mutex<Channels>>,
     cmds: mpsc::WeakUnboundedSender<Cmd>,
     op_timeout: Duration,
-    sink: Option<PubSubSink>,
-    reader: Option<JoinHandle<()>>,
+    conn: Option<MultiplexedConnection>,
     generation: u64,
     retry_scheduled: bool,
 }
@@ -174,9 +191,9 @@ impl HubTask {
                 Cmd::Unsubscribe(channel) => {
                     let still_wanted = lock(&self.channels).map.contains_key(&channel);
                     if !still_wanted {
-                        if let Some(sink) = self.sink.as_mut() {
+                        if let Some(conn) = self.conn.as_mut() {
                             let _ =
-                                tokio::time::timeout(self.op_timeout, sink.unsubscribe(&channel))
+                                tokio::time::timeout(self.op_timeout, conn.unsubscribe(&channel))
                                     .await;
                         }
                     }
@@ -198,10 +215,8 @@ impl HubTask {
     }
 
     fn drop_connection(&mut self) {
-        self.sink = None;
-        if let Some(reader) = self.reader.take() {
-            reader.abort();
-        }
+        // The last handle gone, redis-rs stops the connection's task.
+        self.conn = None;
     }
 
     fn wake_all(&self) {
@@ -214,11 +229,11 @@ impl HubTask {
         if !lock(&self.channels).map.contains_key(channel) {
             return false; // the subscriber gave up already
         }
-        match self.sink.as_mut() {
+        match self.conn.as_mut() {
             // `connect` subscribes every channel in the map, this one included.
             None => self.connect().await,
-            Some(sink) => {
-                match tokio::time::timeout(self.op_timeout, sink.subscribe(channel)).await {
+            Some(conn) => {
+                match tokio::time::timeout(self.op_timeout, conn.subscribe(channel)).await {
                     Ok(Ok(())) => true,
                     _ => {
                         self.schedule_reconnect(Duration::ZERO);
@@ -233,17 +248,47 @@ impl HubTask {
     async fn connect(&mut self) -> bool {
         self.generation += 1;
         let generation = self.generation;
-        let opened = tokio::time::timeout(self.op_timeout, self.client.get_async_pubsub()).await;
-        let Ok(Ok(pubsub)) = opened else {
+        let channels = self.channels.clone();
+        let cmds = self.cmds.clone();
+        // Runs on redis-rs's connection task for every push; it must not block.
+        let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+            match push.kind {
+                PushKind::Message => {
+                    if let Some(redis::Value::BulkString(name)) = push.data.first() {
+                        let name = String::from_utf8_lossy(name);
+                        if let Some(e) = lock(&channels).map.get(name.as_ref()) {
+                            e.notify.notify_one();
+                        }
+                    }
+                }
+                PushKind::Disconnection => {
+                    if let Some(cmds) = cmds.upgrade() {
+                        let _ = cmds.send(Cmd::Disconnected(generation));
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.op_timeout))
+            .set_response_timeout(Some(self.op_timeout))
+            .set_push_sender(on_push);
+        let opened = tokio::time::timeout(
+            self.op_timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await;
+        let Ok(Ok(mut conn)) = opened else {
             tracing::debug!("lockattr: pub/sub connection failed; waiters fall back to timers");
             self.schedule_reconnect(Duration::from_millis(500));
             return false;
         };
-        let (mut sink, mut stream) = pubsub.split();
         let wanted: Vec<String> = lock(&self.channels).map.keys().cloned().collect();
         if !wanted.is_empty() {
             let ok = matches!(
-                tokio::time::timeout(self.op_timeout, sink.subscribe(&wanted)).await,
+                tokio::time::timeout(self.op_timeout, conn.subscribe(&wanted)).await,
                 Ok(Ok(()))
             );
             if !ok {
@@ -251,19 +296,7 @@ impl HubTask {
                 return false;
             }
         }
-        let channels = self.channels.clone();
-        let cmds = self.cmds.clone();
-        self.reader = Some(tokio::spawn(async move {
-            while let Some(msg) = stream.next().await {
-                if let Some(e) = lock(&channels).map.get(msg.get_channel_name()) {
-                    e.notify.notify_one();
-                }
-            }
-            if let Some(cmds) = cmds.upgrade() {
-                let _ = cmds.send(Cmd::Disconnected(generation));
-            }
-        }));
-        self.sink = Some(sink);
+        self.conn = Some(conn);
         true
     }
 

@@ -274,9 +274,10 @@ impl Attempt {
             // their way, and this subscription takes a round trip before our first attempt.
             slot.sub = Some(self.locker.inner.hub.subscribe(&self.names.channel()).await);
         }
-        // The first attempt of a task that nobody of this process waits with goes out as plain
-        // commands (see `scripts::try_plain`); attempts that may have to wait use the script,
-        // which marks the holder so that its release is announced.
+        // The first attempt of a task that nobody of this process waits with, and the first
+        // after a release was announced, go out as plain commands (see `scripts::try_plain`);
+        // attempts that may have to wait use the script, which marks the holder so that its
+        // release is announced.
         let mut plain = slot.sub.is_none();
         let mut reconnected = false;
         loop {
@@ -369,7 +370,9 @@ impl Attempt {
             }
             let sleep = fallback.min(remaining);
             tokio::select! {
-                () = sub.notified() => {}
+                // A release was announced: the lock is most likely free, so the next attempt is
+                // the cheaper plain one (it goes on to the marking script if it loses the race).
+                () = sub.notified() => plain = true,
                 () = tokio::time::sleep(sleep) => {}
             }
         }
