@@ -256,18 +256,26 @@ pub enum BodyMode {
     /// `std::thread::sleep` on the blocking pool: an I/O-like critical section that leaves the
     /// CPU free, typically 50-100 µs longer than asked (timer slack, thread wake-up).
     Sleep,
+    /// `Sleep` until [`EXACT_SPIN`] before the end, then `Spin` to the end: CPU-free for most
+    /// of the body like `Sleep`, and as exact as `Spin`.
+    Exact,
 }
+
+/// How much of an `exact` body is spun rather than slept: more than a blocking-pool sleep
+/// overshoots on this kind of machine.
+const EXACT_SPIN: Duration = Duration::from_micros(200);
 
 impl BodyMode {
     pub fn id(self) -> &'static str {
         match self {
             BodyMode::Spin => "spin",
             BodyMode::Sleep => "sleep",
+            BodyMode::Exact => "exact",
         }
     }
 
     pub fn parse(s: &str) -> Option<BodyMode> {
-        [BodyMode::Spin, BodyMode::Sleep]
+        [BodyMode::Spin, BodyMode::Sleep, BodyMode::Exact]
             .into_iter()
             .find(|m| m.id() == s)
     }
@@ -287,6 +295,16 @@ async fn body(t_acq: u64, body: Duration, mode: BodyMode) {
         BodyMode::Sleep => {
             let left = Duration::from_nanos(end.saturating_sub(now_ns()));
             let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
+        }
+        BodyMode::Exact => {
+            let spin_ns = u64::try_from(EXACT_SPIN.as_nanos()).unwrap_or(u64::MAX);
+            let sleep = Duration::from_nanos(end.saturating_sub(now_ns() + spin_ns));
+            if !sleep.is_zero() {
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(sleep)).await;
+            }
+            while now_ns() < end {
+                tokio::task::yield_now().await;
+            }
         }
     }
 }

@@ -78,7 +78,7 @@ impl Plan {
                 distinct_duration: Duration::from_millis(500),
                 contended_duration: Duration::from_millis(600),
                 max_acquisitions: 3_000,
-                body_mode: BodyMode::Sleep,
+                body_mode: BodyMode::Exact,
             }
         } else {
             Plan {
@@ -88,7 +88,7 @@ impl Plan {
                 distinct_duration: Duration::from_millis(1500),
                 contended_duration: Duration::from_millis(2500),
                 max_acquisitions: 20_000,
-                body_mode: BodyMode::Sleep,
+                body_mode: BodyMode::Exact,
             }
         }
     }
@@ -101,9 +101,11 @@ const SCENARIOS: [&str; 3] = ["distinct", "one-proc", "two-proc"];
 const USAGE: &str =
     "usage: lockbench [--quick] [--body-mode M] [--out FILE] [--impls LIST] [--scenarios LIST]
   --quick           fewer iterations (about 30 s instead of about 1.5-2 min)
-  --body-mode M     how 1 ms critical sections pass: sleep (default; std::thread::sleep on the
-                    blocking pool, CPU-free, ~60-100 µs longer than asked) or spin (CPU-bound,
-                    exact, but competes for the CPU with Redis and the lock's own work)
+  --body-mode M     how 1 ms critical sections pass: exact (default; std::thread::sleep on the
+                    blocking pool for all but the last 200 µs, which are spun: CPU-free for most
+                    of the body and exact to a few µs), sleep (only the blocking-pool sleep,
+                    ~60-100 µs longer than asked) or spin (CPU-bound, exact, but competes for the
+                    CPU with Redis and the lock's own work)
   --out FILE        also write the markdown report to FILE
   --impls LIST      comma-separated subset of raw,fenced-floor,spin,rslock,rslock-2ms,lockattr
                     (default: all; fenced-floor is a diagnostic row: the Redis-side work of a
@@ -114,7 +116,7 @@ const USAGE: &str =
 fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
         quick: false,
-        body_mode: BodyMode::Sleep,
+        body_mode: BodyMode::Exact,
         out: None,
         impls: Kind::ALL.to_vec(),
         scenarios: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
@@ -124,9 +126,12 @@ fn parse_options(args: &[String]) -> Result<Options> {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--body-mode" => {
-                let m = it.next().context("--body-mode needs spin or sleep")?;
-                o.body_mode = BodyMode::parse(m)
-                    .with_context(|| format!("unknown body mode `{m}`; expected spin or sleep"))?;
+                let m = it
+                    .next()
+                    .context("--body-mode needs exact, sleep or spin")?;
+                o.body_mode = BodyMode::parse(m).with_context(|| {
+                    format!("unknown body mode `{m}`; expected exact, sleep or spin")
+                })?;
             }
             "--out" => o.out = Some(it.next().context("--out needs a file")?.clone()),
             "--impls" => {

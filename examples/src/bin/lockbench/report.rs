@@ -339,6 +339,13 @@ impl Report {
             0.95,
             false,
         );
+        t.check(
+            "acquisitions/s with 1 ms bodies, 1 proc, 100 waiters ≥ 0.95 × 1000/s (the nominal body)",
+            format!("{}/s", opt(r.and_then(|r| r.a.rate), 0)),
+            r.and_then(|r| r.a.rate).map(|rate| rate / 1000.0),
+            0.95,
+            false,
+        );
         let r2 = self.row(l, 2, 100, 1);
         t.info(
             "acquisitions/s with 1 ms bodies, 2 procs, 100 waiters (busy share)",
