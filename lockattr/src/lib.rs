@@ -55,12 +55,22 @@
 //!   previous one's ([`LockGuard::fencing_token`], [`fencing_token()`]), from Redis, in the same
 //!   round trip. Storage that remembers the highest token per resource can reject a stale
 //!   holder's writes.
+//! * **Redis 6 or newer.** Release announcements use RESP3 pushes; `SET ... KEEPTTL` marks
+//!   waiters.
 //! * **Waiting without spinning.** Tasks of one process that want the same key queue locally;
-//!   only one talks to Redis. It is woken by a pub/sub message on release (one shared
-//!   subscription per contended key per process), with the holder's TTL as a fallback timer.
-//!   When the holder releases and another local task waits, the lock is handed over without
-//!   ever being free: the next task starts at once and Redis confirms its fresh token, fencing
-//!   token and lease in the background (bounded, so other processes get their turn).
+//!   only one talks to Redis. It marks the busy lock, registers for it and sleeps until the
+//!   release is announced on the lock's pub/sub channel (one shared subscription per contended
+//!   key per process), with the holder's TTL as a fallback timer. An uncontended lock is taken
+//!   with a plain `SET NX PX` + `INCR` (no script) and released without any announcement.
+//! * **Direct grants between processes.** The release of a lock another process waits for hands
+//!   the lock straight to that waiter in the same script, with the waiter's lease and the next
+//!   fencing token, and announces it: the waiter holds the lock when the message arrives, with
+//!   no round trip of its own. A waiter that died can be granted the lock only within half its
+//!   lease of registering, and then blocks it at most for that lease, like a holder that died.
+//! * **Handoff inside a process.** When the holder releases and another local task waits, the
+//!   lock is handed over without ever being free: the next task starts at once and Redis
+//!   confirms its fresh token, fencing token and lease in the background (bounded, so other
+//!   processes get their turn).
 //! * **Cancellation safety.** Dropping a guard releases the lock at once in the background.
 //!   Dropping an acquire future at any point leaves no lock, queue entry or subscription
 //!   behind, even when Redis granted the lock just as the future was dropped.

@@ -240,11 +240,24 @@ impl Locker {
         names: &RedisNames,
         token: &str,
     ) -> Result<i64, Error> {
-        let release = crate::scripts::release(names, token);
+        let release = crate::scripts::release(names, token, self.inner.config.fence_ttl_ms());
         match self.eval("release", &release).await {
             Err(e) if e.is_connection_dropped() => self.eval("release", &release).await,
             other => other,
         }
+    }
+
+    /// Withdraws, in the background, a token that may hold the lock or be its registered waiter
+    /// (an acquire attempt or a waiter that went away; see `scripts::WITHDRAW_LUA`).
+    pub(crate) fn spawn_withdraw(&self, names: Arc<RedisNames>, token: String) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // without a runtime, the lock or the registration expires by itself
+        };
+        let locker = self.clone();
+        rt.spawn(async move {
+            let withdraw = crate::scripts::withdraw(&names, &token);
+            let _ = locker.eval::<i64>("withdraw", &withdraw).await;
+        });
     }
 
     /// Releases, in the background, the lock under any of `tokens` (used when an operation's

@@ -35,6 +35,17 @@ struct Channels {
 struct Entry {
     refs: usize,
     notify: Arc<Notify>,
+    /// The latest announcement not yet looked at (see [`Announcement`]).
+    last: Option<Announcement>,
+}
+
+/// What a release announced (see `scripts` for the grant protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Announcement {
+    /// The lock was released and is free.
+    Released,
+    /// The lock was granted to the waiter registered with this token, with this fencing token.
+    Granted { token: String, fence: u64 },
 }
 
 #[derive(Debug)]
@@ -100,6 +111,7 @@ impl Hub {
             let entry = ch.map.entry(channel.to_owned()).or_insert_with(|| Entry {
                 refs: 0,
                 notify: Arc::new(Notify::new()),
+                last: None,
             });
             entry.refs += 1;
             entry.notify.clone()
@@ -131,6 +143,14 @@ impl Subscription {
     /// arrived since the last call), and when the pub/sub connection was re-established.
     pub(crate) async fn notified(&self) {
         self.notify.notified().await;
+    }
+
+    /// The latest announcement since the last call, if any arrived.
+    pub(crate) fn take_announcement(&self) -> Option<Announcement> {
+        lock(&self.channels)
+            .map
+            .get_mut(&self.channel)
+            .and_then(|e| e.last.take())
     }
 }
 
@@ -254,9 +274,15 @@ impl HubTask {
         let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
             match push.kind {
                 PushKind::Message => {
-                    if let Some(redis::Value::BulkString(name)) = push.data.first() {
+                    if let [redis::Value::BulkString(name), redis::Value::BulkString(payload), ..] =
+                        push.data.as_slice()
+                    {
                         let name = String::from_utf8_lossy(name);
-                        if let Some(e) = lock(&channels).map.get(name.as_ref()) {
+                        if let Some(e) = lock(&channels).map.get_mut(name.as_ref()) {
+                            e.last = Some(match crate::scripts::parse_announcement(payload) {
+                                Some((token, fence)) => Announcement::Granted { token, fence },
+                                None => Announcement::Released,
+                            });
                             e.notify.notify_one();
                         }
                     }

@@ -12,6 +12,7 @@ use crate::guard::{new_guard, new_token, Held, LockGuard};
 use crate::key::{LockKey, RedisNames};
 use crate::locker::{check_lease, millis, Locker};
 use crate::observe;
+use crate::pubsub::Announcement;
 use crate::queue::{enter, Baton, Entry, Slot};
 use crate::scripts;
 use crate::Error;
@@ -35,14 +36,17 @@ use crate::Error;
 /// ```
 ///
 /// **Waiting.** Tasks of one process that want the same key queue locally; only the first
-/// talks to Redis. It subscribes to the lock's release channel, tries again right after the
-/// subscription is confirmed (so a release just before it is not missed), then sleeps until a
-/// release is announced or the holder's remaining TTL (or the remaining wait) runs out. No
+/// talks to Redis. Its first attempt is a plain `SET NX PX`; if the lock is busy, a script marks
+/// it (so that its release is announced) and registers this task for a direct grant. It then
+/// subscribes to the lock's release channel, tries again right after the subscription is
+/// confirmed (so a release just before it is not missed), and sleeps until a release is
+/// announced or the holder's remaining TTL (or the remaining wait) runs out. A release that
+/// grants the lock to this task's registration hands it over in the announcement itself. No
 /// polling loop: the commands per acquisition do not grow with the number of waiters.
 ///
 /// **Cancellation.** Dropping the future at any point leaves nothing behind: its queue entry is
-/// removed, and a lock that Redis granted just as the future was dropped is released in the
-/// background.
+/// removed, and its registration, or a lock that Redis granted just as the future was dropped,
+/// is withdrawn in the background.
 #[must_use = "a lock request does nothing until it is awaited"]
 pub struct LockRequest {
     locker: Locker,
@@ -217,19 +221,71 @@ struct InFlight<'a> {
     token: Option<String>,
 }
 
+/// A busy answer that says nothing about the holder.
+const BUSY: scripts::Acquired = scripts::Acquired::Busy {
+    holder_ttl: None,
+    registered: false,
+};
+
+/// This contender's registration for a direct grant (see `scripts`): the token it registered
+/// with, and when the attempt that registered it was sent (the grant's lease runs from later
+/// than that). Dropped while still registered, it withdraws in the background.
+struct Registration<'a> {
+    attempt: &'a Attempt,
+    token: String,
+    sent_at: Instant,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let token = std::mem::take(&mut self.token);
+        if !token.is_empty() {
+            let attempt = self.attempt;
+            attempt.locker.spawn_withdraw(attempt.names.clone(), token);
+        }
+    }
+}
+
+impl Registration<'_> {
+    /// The registration is used up (granted and taken, or gone with the holder it was on).
+    fn consume(mut self) -> String {
+        std::mem::take(&mut self.token)
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let Some(token) = self.token.take() else {
             return;
         };
+        // The attempt may have taken the lock, or registered its token as a waiter.
         let attempt = self.attempt;
-        attempt
-            .locker
-            .spawn_release(attempt.names.clone(), vec![token], || {});
+        attempt.locker.spawn_withdraw(attempt.names.clone(), token);
     }
 }
 
+/// How much of a granted lease must be left for the grant to be used as announced.
+const GRANT_MARGIN: Duration = Duration::from_millis(20);
+
 impl Attempt {
+    /// The lock is ours under `token` until `lease_end` at the earliest: start holding it.
+    fn hold(&self, mut slot: Slot, token: String, fence: u64, lease_end: Instant) -> LockGuard {
+        slot.sub = None;
+        slot.taken_from_free();
+        let held = Held::start(
+            slot,
+            self.key.clone(),
+            self.names.clone(),
+            token,
+            fence,
+            self.lease,
+            self.renew,
+            lease_end,
+        );
+        observe::acquired(&self.key, self.started.elapsed(), fence);
+        new_guard(held)
+    }
+
     /// One [`scripts::try_plain`] round trip; when it had to create the fencing counter, a
     /// second one starts the counter from Redis's clock before the lock is used.
     async fn try_plain(
@@ -242,17 +298,18 @@ impl Attempt {
         let (taken, fence): (Option<redis::Value>, u64) =
             self.locker.query_pipe("acquire", &pipe).await?;
         if taken.is_none() {
-            return Ok(scripts::Acquired::Busy(None));
+            return Ok(BUSY);
         }
         if fence >= scripts::SEED_FLOOR {
             return Ok(scripts::Acquired::Taken(fence));
         }
         let reseed = scripts::reseed(&self.names, token, counter_ttl);
-        let fence: u64 = self.locker.eval("acquire", &reseed).await?;
+        // Boxed: it runs once per counter lifetime, and would otherwise grow every acquire.
+        let fence: u64 = Box::pin(self.locker.eval("acquire", &reseed)).await?;
         Ok(if fence > 0 {
             scripts::Acquired::Taken(fence)
         } else {
-            scripts::Acquired::Busy(None)
+            BUSY
         })
     }
 
@@ -266,20 +323,61 @@ impl Attempt {
     }
 
     /// Owns the slot: talk to Redis until the lock is ours or the wait is over.
-    async fn contend(&self, mut slot: Slot) -> Result<LockGuard, Error> {
+    async fn contend(&self, slot: Slot) -> Result<LockGuard, Error> {
         let counter_ttl = self.locker.inner.config.fence_ttl_ms();
         let lease_ms = millis(self.lease);
+        let mut reconnected = false;
+        if !slot.yield_first && slot.sub.is_none() {
+            // Nobody of this process waits with this task: one plain attempt first (see
+            // `scripts::try_plain`). Only if the lock is busy does the task go on to wait, in a
+            // future of its own, so that this common path stays small.
+            let mut flight = InFlight {
+                attempt: self,
+                token: Some(new_token()),
+            };
+            let token = flight.token.as_deref().unwrap_or_default();
+            let sent_at = Instant::now();
+            let lease_end = sent_at + self.lease;
+            match self.try_plain(token, lease_ms, counter_ttl).await {
+                Ok(scripts::Acquired::Taken(fence)) if Instant::now() < lease_end => {
+                    let token = flight.token.take().unwrap_or_default();
+                    return Ok(self.hold(slot, token, fence, lease_end));
+                }
+                Ok(scripts::Acquired::Busy { .. }) => {
+                    flight.token = None;
+                    if self.deadline.is_some_and(|d| d <= Instant::now()) {
+                        return Err(self.timeout());
+                    }
+                }
+                // Taken too late to be safe (`flight` releases it): wait as below.
+                Ok(_) => {}
+                // The connection broke under this attempt (a reconnect is under way): the
+                // waiting loop tries once more with a fresh token.
+                Err(e) if e.is_connection_dropped() => reconnected = true,
+                Err(e) => return Err(e),
+            }
+        }
+        Box::pin(self.wait_for_lock(slot, counter_ttl, lease_ms, reconnected)).await
+    }
+
+    /// The waiting part of [`contend`](Self::contend): mark, register, subscribe, sleep, retry.
+    async fn wait_for_lock(
+        &self,
+        mut slot: Slot,
+        counter_ttl: u64,
+        lease_ms: u64,
+        mut reconnected: bool,
+    ) -> Result<LockGuard, Error> {
         if std::mem::take(&mut slot.yield_first) && slot.sub.is_none() {
             // Waiters of other processes were just woken by our release; they are already on
             // their way, and this subscription takes a round trip before our first attempt.
             slot.sub = Some(self.locker.inner.hub.subscribe(&self.names.channel()).await);
         }
-        // The first attempt of a task that nobody of this process waits with, and the first
-        // after a release was announced, go out as plain commands (see `scripts::try_plain`);
-        // attempts that may have to wait use the script, which marks the holder so that its
-        // release is announced.
-        let mut plain = slot.sub.is_none();
-        let mut reconnected = false;
+        // Attempts that may have to wait use the script, which marks the holder so that its
+        // release is announced, and registers this contender for a grant; the first attempt
+        // after a plain release was announced is a plain one, as the lock is most likely free.
+        let mut plain = false;
+        let mut registration: Option<Registration<'_>> = None;
         loop {
             let mut flight = InFlight {
                 attempt: self,
@@ -291,11 +389,12 @@ impl Attempt {
             let reply = if try_plain {
                 self.try_plain(token, lease_ms, counter_ttl).await
             } else {
-                let call = scripts::acquire(&self.names, token, lease_ms, counter_ttl);
-                self.locker
-                    .eval("acquire", &call)
-                    .await
-                    .map(scripts::Acquired::decode)
+                let registered = registration.as_ref().map(|r| r.token.as_str());
+                let call = scripts::acquire(&self.names, token, lease_ms, counter_ttl, registered);
+                match self.locker.eval::<redis::Value>("acquire", &call).await {
+                    Ok(v) => scripts::Acquired::decode(&v).map_err(Error::Redis),
+                    Err(e) => Err(e),
+                }
             };
             let reply = match reply {
                 Ok(reply) => reply,
@@ -311,24 +410,27 @@ impl Attempt {
             let holder_ttl = match reply {
                 scripts::Acquired::Taken(fence) if Instant::now() < lease_end => {
                     let token = flight.token.take().unwrap_or_default();
-                    slot.sub = None;
-                    slot.taken_from_free();
-                    let held = Held::start(
-                        slot,
-                        self.key.clone(),
-                        self.names.clone(),
-                        token,
-                        fence,
-                        self.lease,
-                        self.renew,
-                        lease_end,
-                    );
-                    observe::acquired(&self.key, self.started.elapsed(), fence);
-                    return Ok(new_guard(held));
+                    // Our registration was on the value that just went away.
+                    if let Some(r) = registration.take() {
+                        r.consume();
+                    }
+                    return Ok(self.hold(slot, token, fence, lease_end));
+                }
+                // A release granted the lock to our registration and its announcement was
+                // missed; the script renewed its lease from this attempt.
+                scripts::Acquired::Granted(fence) if Instant::now() < lease_end => {
+                    drop(flight); // this attempt's own token was not granted anything
+                    let Some(r) = registration.take() else {
+                        return Err(Error::Redis(redis::RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "the acquire script reported a grant that was never registered",
+                        ))));
+                    };
+                    return Ok(self.hold(slot, r.consume(), fence, lease_end));
                 }
                 // Taken, but the answer came so late that the lease may have run out already:
                 // never hand out such a lock (`flight` releases it); try again at once.
-                scripts::Acquired::Taken(_) => {
+                scripts::Acquired::Taken(_) | scripts::Acquired::Granted(_) => {
                     drop(flight);
                     if self.deadline.is_some_and(|d| d <= Instant::now()) {
                         return Err(self.timeout());
@@ -337,13 +439,30 @@ impl Attempt {
                 }
                 // Busy after the plain attempt: go on to the script at once (unless this was the
                 // request's only attempt), which marks the holder before this task waits.
-                scripts::Acquired::Busy(_)
+                scripts::Acquired::Busy { .. }
                     if try_plain && self.deadline.is_none_or(|d| d > Instant::now()) =>
                 {
                     flight.token = None;
                     continue;
                 }
-                scripts::Acquired::Busy(ttl) => ttl,
+                scripts::Acquired::Busy {
+                    holder_ttl,
+                    registered,
+                } => {
+                    if registered {
+                        // This attempt's token is now the registered waiter (a registration
+                        // of ours it replaced was stale and is gone).
+                        if let Some(old) = registration.take() {
+                            old.consume();
+                        }
+                        registration = Some(Registration {
+                            attempt: self,
+                            token: flight.token.take().unwrap_or_default(),
+                            sent_at,
+                        });
+                    }
+                    holder_ttl
+                }
             };
             flight.token = None;
             drop(flight);
@@ -370,10 +489,31 @@ impl Attempt {
             }
             let sleep = fallback.min(remaining);
             tokio::select! {
-                // A release was announced: the lock is most likely free, so the next attempt is
-                // the cheaper plain one (it goes on to the marking script if it loses the race).
-                () = sub.notified() => plain = true,
+                () = sub.notified() => {}
                 () = tokio::time::sleep(sleep) => {}
+            }
+            match sub.take_announcement() {
+                Some(Announcement::Granted { token, fence })
+                    if registration.as_ref().is_some_and(|r| r.token == token) =>
+                {
+                    // Granted to us in the release itself. Its lease runs from after our
+                    // registering attempt was sent; if that leaves too little of it, the next
+                    // attempt finds the grant and renews it instead.
+                    if let Some(r) = registration.take() {
+                        let lease_end = r.sent_at + self.lease;
+                        if lease_end > Instant::now() + GRANT_MARGIN {
+                            let token = r.consume();
+                            return Ok(self.hold(slot, token, fence, lease_end));
+                        }
+                        registration = Some(r);
+                    }
+                }
+                // Released: the lock is most likely free, so the next attempt is the cheaper
+                // plain one (it goes on to the marking script if it loses the race).
+                Some(Announcement::Released) => plain = true,
+                // Granted to another process, or no announcement (timer, reconnect): the
+                // script finds out, and marks and registers if the lock is busy.
+                _ => {}
             }
         }
     }

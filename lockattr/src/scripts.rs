@@ -7,14 +7,40 @@
 //! Redis counts the commands a script runs in `INFO commandstats`, so the command budget per
 //! operation is written next to each script (the `EVALSHA` itself included).
 //!
-//! **The waiter mark.** A lock's value is its owner's token, followed by `!` once a contender of
-//! another process (or of another `Locker`) has found it busy and may be waiting for its
-//! release. Only a marked lock's release is published, so an uncontended lock never pays for a
-//! `PUBLISH`. Every script that checks ownership accepts the token with or without the mark, and
-//! a handoff carries the mark over to the new token. A mark can outlive the waiter that set it
-//! (one needless `PUBLISH`), but is never missing while a waiter sleeps: a waiter marks the lock
-//! in the same script that found it busy, before it sleeps, and a waiter whose holder changed
-//! without a release (an expired lease) wakes on its fallback timer and marks the new holder.
+//! **The lock's value.** A lock's value is its owner's 32-digit token, alone or followed by a
+//! waiter mark:
+//!
+//! * `T`: held by `T`, nobody else asked for it;
+//! * `T!`: a contender of another process (or another `Locker`) found it busy and may be
+//!   waiting for its release;
+//! * `T!W:L:S`: the same, and that contender registered for a *direct grant*: its token `W`, its
+//!   lease `L` in ms, and when it registered, `S` (Redis's clock in ms).
+//!
+//! Ownership is checked on the first 32 characters, so marks never get in the owner's way, and a
+//! handoff carries the mark over to the new token. An unmarked lock's release is silent (an
+//! uncontended lock never pays for a `PUBLISH`); a marked lock's release is announced on the
+//! lock's channel, and a registered waiter is granted the lock in the release itself: the
+//! release sets the lock to `W` with `W`'s lease and the next fencing token, and announces
+//! `W:fence`. The waiter holds the lock when the announcement arrives, without another round
+//! trip: half of what a cross-process handoff costs otherwise.
+//!
+//! Why grants are safe and live:
+//! * The waiter takes its lease as running out at *the time it sent the attempt that registered
+//!   it* + `L`: Redis granted later, so the real expiry is later. A grant made more than `L/2`
+//!   after the registration is not made (the release announces a plain release instead), so the
+//!   waiter's bound is always useful, and a waiter that died (or went away without saying so)
+//!   can be granted the lock only within `L/2` of its registration; the lock then expires
+//!   after `L`, as if a holder had died.
+//! * A waiter that gives up (timeout, cancellation) withdraws in the background: its registration
+//!   is removed, or, if it was granted the lock meanwhile, the lock is released.
+//! * A grant whose announcement was lost (pub/sub reconnecting) is found by the waiter's next
+//!   attempt (after the reconnect wake-up or its fallback timer): [`ACQUIRE_LUA`] recognises
+//!   the waiter's own registered token, renews the lease to a full `L` from that attempt, and
+//!   hands out a fencing token.
+//! * A mark can outlive the waiter that set it (one needless `PUBLISH`), but is never missing
+//!   while a waiter sleeps: a waiter marks the lock in the same script that found it busy,
+//!   before it sleeps, and a waiter whose holder changed without a release (an expired lease)
+//!   wakes on its fallback timer and marks the new holder.
 
 use std::sync::LazyLock;
 
@@ -22,13 +48,15 @@ use redis::{Cmd, Script};
 
 use crate::key::RedisNames;
 
-/// Take a free lock.
+/// Take a free lock, or find it granted to this waiter; otherwise mark it and register.
 ///
 /// * `KEYS[1]` lock key, `KEYS[2]` fencing counter
-/// * `ARGV[1]` token, `ARGV[2]` lease in ms, `ARGV[3]` fencing counter TTL in ms
-/// * returns the fencing token (`>= 1`) when taken; when the lock is held by someone else,
-///   `-2 - holder_pttl_ms` (so `<= 0`: `-1` means the holder's key has no TTL, `0` that it
-///   vanished between the two calls)
+/// * `ARGV[1]` token, `ARGV[2]` lease in ms, `ARGV[3]` fencing counter TTL in ms, `ARGV[4]` the
+///   token this contender registered with earlier (`''` if none)
+/// * returns the fencing token (an integer `>= 1`) when taken with `ARGV[1]`; `{fence}` when a
+///   release had granted the lock to `ARGV[4]` (its lease is then renewed to `ARGV[2]`); when
+///   the lock is held by someone else, `{holder_pttl_ms, registered}`, where `registered` is `1`
+///   when `ARGV[1]` is now the registered waiter (see the module docs)
 ///
 /// The fencing counter is not refreshed on every acquisition: it lives `ARGV[3]` from its
 /// creation. A counter below [`SEED_FLOOR`] did not exist a moment ago (it expired, Redis lost
@@ -37,13 +65,12 @@ use crate::key::RedisNames;
 /// an earlier counter handed out (it would have had to count more than once per microsecond of
 /// its life to catch up), so tokens keep increasing across the counter's lifetimes.
 ///
-/// A failed attempt appends the waiter mark to the holder's token, so that the
-/// holder's release knows to announce itself. The taken path is kept as cheap as a fenced lock
-/// can be (a single-integer reply, no `PEXPIRE`): `lockbench` measures it against a bare
-/// `SET NX PX`.
+/// A busy lock is marked, and the caller registers unless a live registration is there (one
+/// that is not older than half its lease).
 ///
-/// Commands: 3 when taken (EVALSHA, SET, INCR; 2 more when the counter starts again), 4 or 5
-/// when busy (EVALSHA, SET, GET, PTTL; APPEND when the holder was not marked yet).
+/// Commands: 3 when taken (EVALSHA, SET, INCR; 2 more when the counter starts again), 5 or 6
+/// when busy (EVALSHA, SET, GET, TIME, PTTL; SET to register), 5 for a found grant (EVALSHA,
+/// SET, GET, PEXPIRE, INCR).
 const ACQUIRE_LUA: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local fence = redis.call('INCR', KEYS[2])
@@ -54,42 +81,79 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return fence
 end
-local holder = redis.call('GET', KEYS[1])
-if holder and string.sub(holder, -1) ~= '!' then
-  redis.call('APPEND', KEYS[1], '!')
+local value = redis.call('GET', KEYS[1])
+if not value then
+  return {-2, 0}
 end
-return -2 - redis.call('PTTL', KEYS[1])
+local owner = string.sub(value, 1, 32)
+if ARGV[4] ~= '' and owner == ARGV[4] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  local fence = redis.call('INCR', KEYS[2])
+  if fence < 1000000000000000 then
+    local now = redis.call('TIME')
+    fence = now[1] * 1000000 + now[2]
+    redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', ARGV[3])
+  end
+  return {fence}
+end
+local registered = 0
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local _, lease, at = string.match(value, '^%x+!(%x+):(%d+):(%d+)$')
+if not lease or now_ms - tonumber(at) > tonumber(lease) / 2 then
+  local mark = owner .. '!' .. ARGV[1] .. ':' .. ARGV[2] .. ':' .. string.format('%.0f', now_ms)
+  redis.call('SET', KEYS[1], mark, 'KEEPTTL')
+  registered = 1
+end
+return {redis.call('PTTL', KEYS[1]), registered}
 ";
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
 
-/// Release a lock, and wake the waiters of other processes if the lock is marked.
+/// Release a lock: silently when unmarked, announced when marked, granted to the registered
+/// waiter when there is a live registration (see the module docs).
 ///
-/// * `KEYS[1]` lock key
-/// * `ARGV[1]` token
-/// * publishes on the release channel, `KEYS[1]` followed by `:released`
+/// * `KEYS[1]` lock key, `KEYS[2]` fencing counter
+/// * `ARGV[1]` token, `ARGV[2]` fencing counter TTL in ms
+/// * announces on the release channel, `KEYS[1]` followed by `:released`: `''` for a plain
+///   release, `W:fence` for a grant to `W`
 /// * returns `0` when the lock was not ours any more (expired or taken), otherwise `1 +` the
-///   number of subscribers the release reached. The releasing process is not subscribed to its
-///   own lock's channel while it holds the lock, so that number counts the *other* processes
-///   waiting, which lets the releaser give them precedence over its own queue.
+///   number of subscribers the announcement reached. The releasing process is not subscribed to
+///   its own lock's channel while it holds the lock, so that number counts the *other*
+///   processes waiting, which lets the releaser give them precedence over its own queue.
 ///
-/// Commands: 3 (EVALSHA, GET, DEL), 4 with PUBLISH when marked, 2 when not ours.
+/// Commands: 3 (EVALSHA, GET, DEL), 4 with PUBLISH when marked, 6 for a grant (EVALSHA, GET,
+/// TIME, SET, INCR, PUBLISH), 2 when not ours.
 const RELEASE_LUA: &str = r"
 local value = redis.call('GET', KEYS[1])
 if value == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return 1
 end
-if value == ARGV[1] .. '!' then
-  redis.call('DEL', KEYS[1])
-  return 1 + redis.call('PUBLISH', KEYS[1] .. ':released', '')
+if not value or string.sub(value, 1, 32) ~= ARGV[1] then
+  return 0
 end
-return 0
+local channel = KEYS[1] .. ':released'
+local waiter, lease, at = string.match(value, '^%x+!(%x+):(%d+):(%d+)$')
+if waiter then
+  local now = redis.call('TIME')
+  if (now[1] * 1000 + math.floor(now[2] / 1000)) - tonumber(at) <= tonumber(lease) / 2 then
+    redis.call('SET', KEYS[1], waiter .. '!', 'PX', lease)
+    local fence = redis.call('INCR', KEYS[2])
+    if fence < 1000000000000000 then
+      fence = now[1] * 1000000 + now[2]
+      redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', ARGV[2])
+    end
+    return 1 + redis.call('PUBLISH', channel, waiter .. ':' .. string.format('%.0f', fence))
+  end
+end
+redis.call('DEL', KEYS[1])
+return 1 + redis.call('PUBLISH', channel, '')
 ";
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Hand a held lock to another task of the same process without ever letting it go: the lock
-/// gets the new owner's token (keeping the waiter mark), a fresh lease and the next fencing
-/// token in one step.
+/// gets the new owner's token (keeping the waiter mark and registration), a fresh lease and the
+/// next fencing token in one step.
 ///
 /// * `KEYS[1]` lock key, `KEYS[2]` fencing counter
 /// * `ARGV[1]` old token, `ARGV[2]` new token, `ARGV[3]` new lease in ms, `ARGV[4]` the old
@@ -104,14 +168,10 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 /// Commands: 4 (EVALSHA, GET, SET, INCR; 1 more when the counter was behind), 2 when not ours.
 const HANDOFF_LUA: &str = r"
 local value = redis.call('GET', KEYS[1])
-local mark = ''
-if value ~= ARGV[1] then
-  if value ~= ARGV[1] .. '!' then
-    return 0
-  end
-  mark = '!'
+if not value or string.sub(value, 1, 32) ~= ARGV[1] then
+  return 0
 end
-redis.call('SET', KEYS[1], ARGV[2] .. mark, 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2] .. string.sub(value, 33), 'PX', ARGV[3])
 if redis.call('INCR', KEYS[2]) < tonumber(ARGV[4]) then
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 end
@@ -134,7 +194,7 @@ pub(crate) const SEED_FLOOR: u64 = 1_000_000_000_000_000;
 /// counter lifetime.
 const RESEED_LUA: &str = r"
 local value = redis.call('GET', KEYS[1])
-if value ~= ARGV[1] and value ~= ARGV[1] .. '!' then
+if not value or string.sub(value, 1, 32) ~= ARGV[1] then
   return 0
 end
 local fence = redis.call('INCR', KEYS[2])
@@ -150,8 +210,7 @@ return fence
 ";
 static RESEED: LazyLock<Script> = LazyLock::new(|| Script::new(RESEED_LUA));
 
-/// Extend the lease of a held lock (the watchdog's renewal, and `LockGuard::extend`); the
-/// token may carry the waiter mark.
+/// Extend the lease of a held lock (the watchdog's renewal, and `LockGuard::extend`).
 ///
 /// * `KEYS[1]` lock key
 /// * `ARGV[1]` token, `ARGV[2]` lease in ms
@@ -160,16 +219,54 @@ static RESEED: LazyLock<Script> = LazyLock::new(|| Script::new(RESEED_LUA));
 /// Commands: 3 (EVALSHA, GET, PEXPIRE), 2 when not ours.
 const RENEW_LUA: &str = r"
 local value = redis.call('GET', KEYS[1])
-if value == ARGV[1] or value == ARGV[1] .. '!' then
+if value and string.sub(value, 1, 32) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 ";
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
 
+/// A token goes away that may hold the lock or be its registered waiter (a waiter that timed
+/// out or was cancelled, an acquire attempt whose answer nobody will read): release the lock if
+/// the token holds it (announcing a plain release if it was marked; a grant it got is released
+/// the same way), else drop the token's registration.
+///
+/// * `KEYS[1]` lock key
+/// * `ARGV[1]` the token
+/// * returns `1` when it released the lock, `2` when it removed a registration, `0` when there
+///   was neither
+///
+/// Commands: 2 to 4 (EVALSHA, GET; DEL and PUBLISH, or SET).
+const WITHDRAW_LUA: &str = r"
+local value = redis.call('GET', KEYS[1])
+if not value then
+  return 0
+end
+if string.sub(value, 1, 32) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if #value > 32 then
+    redis.call('PUBLISH', KEYS[1] .. ':released', '')
+  end
+  return 1
+end
+if string.sub(value, 34, 65) == ARGV[1] then
+  redis.call('SET', KEYS[1], string.sub(value, 1, 33), 'KEEPTTL')
+  return 2
+end
+return 0
+";
+static WITHDRAW: LazyLock<Script> = LazyLock::new(|| Script::new(WITHDRAW_LUA));
+
 /// The source of every script, for loading them once when a `Locker` is built.
-pub(crate) fn all() -> [&'static str; 5] {
-    [ACQUIRE_LUA, RELEASE_LUA, HANDOFF_LUA, RENEW_LUA, RESEED_LUA]
+pub(crate) fn all() -> [&'static str; 6] {
+    [
+        ACQUIRE_LUA,
+        RELEASE_LUA,
+        HANDOFF_LUA,
+        RENEW_LUA,
+        RESEED_LUA,
+        WITHDRAW_LUA,
+    ]
 }
 
 /// `EVALSHA <script> <numkeys>`; the caller appends the keys and arguments.
@@ -193,36 +290,78 @@ pub(crate) struct Call {
     pub(crate) cmd: Cmd,
 }
 
-/// [`ACQUIRE_LUA`] for `token` with `lease_ms`.
-pub(crate) fn acquire(names: &RedisNames, token: &str, lease_ms: u64, counter_ttl_ms: u64) -> Call {
-    let mut call = evalsha(&ACQUIRE, 2, 5, names.fence().len() * 2 + token.len() + 40);
+/// [`ACQUIRE_LUA`] for `token` with `lease_ms`; `registered` is the token this contender
+/// registered with earlier, if any.
+pub(crate) fn acquire(
+    names: &RedisNames,
+    token: &str,
+    lease_ms: u64,
+    counter_ttl_ms: u64,
+    registered: Option<&str>,
+) -> Call {
+    let mut call = evalsha(
+        &ACQUIRE,
+        2,
+        6,
+        names.fence().len() * 2 + token.len() * 2 + 40,
+    );
     call.cmd
         .arg(names.lock())
         .arg(names.fence())
         .arg(token)
         .arg(lease_ms)
-        .arg(counter_ttl_ms);
+        .arg(counter_ttl_ms)
+        .arg(registered.unwrap_or(""));
     call
 }
 
 /// What an [`ACQUIRE_LUA`] reply means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Acquired {
-    /// Taken, with this fencing token.
+    /// Taken with the attempt's token, with this fencing token.
     Taken(u64),
-    /// Held by someone else; the holder's remaining TTL in ms, if it has one.
-    Busy(Option<u64>),
+    /// Granted earlier to the token the caller registered with (its lease now renewed), with
+    /// this fencing token.
+    Granted(u64),
+    /// Held by someone else: the holder's remaining TTL in ms, if it has one, and whether this
+    /// attempt's token is now the registered waiter.
+    Busy {
+        holder_ttl: Option<u64>,
+        registered: bool,
+    },
 }
 
 impl Acquired {
-    pub(crate) fn decode(reply: i64) -> Acquired {
-        match u64::try_from(reply) {
-            Ok(fence) if fence > 0 => Acquired::Taken(fence),
-            // `-2 - pttl`: pttl >= 0 for a holder with a TTL, -1 without one, -2 when the key
-            // vanished between the two calls.
-            _ => Acquired::Busy(u64::try_from(-2 - reply).ok()),
+    /// Decodes an [`ACQUIRE_LUA`] reply.
+    pub(crate) fn decode(reply: &redis::Value) -> Result<Acquired, redis::RedisError> {
+        use redis::Value;
+        match reply {
+            Value::Int(fence) => match u64::try_from(*fence) {
+                Ok(fence) if fence > 0 => Ok(Acquired::Taken(fence)),
+                _ => Err(unexpected(reply)),
+            },
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(fence)] => match u64::try_from(*fence) {
+                    Ok(fence) if fence > 0 => Ok(Acquired::Granted(fence)),
+                    _ => Err(unexpected(reply)),
+                },
+                [Value::Int(ttl), Value::Int(registered)] => Ok(Acquired::Busy {
+                    holder_ttl: u64::try_from(*ttl).ok(),
+                    registered: *registered == 1,
+                }),
+                _ => Err(unexpected(reply)),
+            },
+            _ => Err(unexpected(reply)),
         }
     }
+}
+
+fn unexpected(reply: &redis::Value) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply to the acquire script",
+        format!("{reply:?}"),
+    ))
 }
 
 /// The first attempt on a lock nobody of this process waits for: `SET NX PX` and `INCR` of the
@@ -242,9 +381,9 @@ impl Acquired {
 ///   not rely on the counter being untouched while the lock is held.
 /// * **No counter**: the increment then returns a small number (below [`SEED_FLOOR`]); the
 ///   caller starts the counter with [`reseed`] before using the lock.
-/// * **Waiters** are not marked by this attempt (a `SET` that failed cannot be followed by a
-///   conditional `APPEND` without a script); a busy answer sends the caller straight on to
-///   [`acquire`], which marks.
+/// * **Waiters** are not marked or registered by this attempt (a `SET` that failed cannot be
+///   followed by a conditional write without a script); a busy answer sends the caller straight
+///   on to [`acquire`], which does both.
 pub(crate) fn try_plain(names: &RedisNames, token: &str, lease_ms: u64) -> redis::Pipeline {
     let mut pipe = redis::Pipeline::with_capacity(2);
     pipe.cmd("SET")
@@ -270,10 +409,28 @@ pub(crate) fn reseed(names: &RedisNames, token: &str, counter_ttl_ms: u64) -> Ca
 }
 
 /// [`RELEASE_LUA`] for `token`.
-pub(crate) fn release(names: &RedisNames, token: &str) -> Call {
-    let mut call = evalsha(&RELEASE, 1, 2, names.lock().len() + token.len());
+pub(crate) fn release(names: &RedisNames, token: &str, counter_ttl_ms: u64) -> Call {
+    let mut call = evalsha(&RELEASE, 2, 3, names.fence().len() * 2 + token.len() + 20);
+    call.cmd
+        .arg(names.lock())
+        .arg(names.fence())
+        .arg(token)
+        .arg(counter_ttl_ms);
+    call
+}
+
+/// [`WITHDRAW_LUA`] for the waiter registered as `token`.
+pub(crate) fn withdraw(names: &RedisNames, token: &str) -> Call {
+    let mut call = evalsha(&WITHDRAW, 1, 2, names.lock().len() + token.len());
     call.cmd.arg(names.lock()).arg(token);
     call
+}
+
+/// A release announcement: `None` for a plain release, `Some((token, fence))` for a grant.
+pub(crate) fn parse_announcement(payload: &[u8]) -> Option<(String, u64)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (token, fence) = text.split_once(':')?;
+    Some((token.to_owned(), fence.parse().ok()?))
 }
 
 /// [`HANDOFF_LUA`] from `old_token` (whose fencing token is `old_fence`) to `new_token`.
@@ -320,14 +477,47 @@ mod tests {
 
     #[test]
     fn acquire_replies_decode() {
-        assert_eq!(Acquired::decode(7), Acquired::Taken(7));
+        use redis::Value;
         assert_eq!(
-            Acquired::decode(1_764_578_644_123_456),
+            Acquired::decode(&Value::Int(7)).unwrap(),
+            Acquired::Taken(7)
+        );
+        assert_eq!(
+            Acquired::decode(&Value::Int(1_764_578_644_123_456)).unwrap(),
             Acquired::Taken(1_764_578_644_123_456)
         );
-        assert_eq!(Acquired::decode(-2 - 1500), Acquired::Busy(Some(1500)));
-        assert_eq!(Acquired::decode(-2), Acquired::Busy(Some(0)));
-        assert_eq!(Acquired::decode(-1), Acquired::Busy(None));
-        assert_eq!(Acquired::decode(0), Acquired::Busy(None));
+        assert_eq!(
+            Acquired::decode(&Value::Array(vec![Value::Int(1500), Value::Int(1)])).unwrap(),
+            Acquired::Busy {
+                holder_ttl: Some(1500),
+                registered: true
+            }
+        );
+        assert_eq!(
+            Acquired::decode(&Value::Array(vec![Value::Int(-1), Value::Int(0)])).unwrap(),
+            Acquired::Busy {
+                holder_ttl: None,
+                registered: false
+            }
+        );
+        assert_eq!(
+            Acquired::decode(&Value::Array(vec![Value::Int(9)])).unwrap(),
+            Acquired::Granted(9)
+        );
+        assert!(Acquired::decode(&Value::Int(0)).is_err());
+        assert!(Acquired::decode(&Value::Nil).is_err());
+    }
+
+    #[test]
+    fn announcements_parse() {
+        assert_eq!(parse_announcement(b""), None);
+        assert_eq!(
+            parse_announcement(b"0123456789abcdef0123456789abcdef:1764578644123456"),
+            Some((
+                "0123456789abcdef0123456789abcdef".to_owned(),
+                1_764_578_644_123_456
+            ))
+        );
+        assert_eq!(parse_announcement(b"garbage"), None);
     }
 }

@@ -329,10 +329,13 @@ async fn only_a_release_that_someone_waits_for_is_published() {
     let waiter = tokio::spawn(async move { b.lock("quiet").await.unwrap().release().await });
     assert!(
         eventually(Duration::from_secs(5), || {
-            server.conn().get::<_, String>("lock:{quiet}").ok() == Some(format!("{token}!"))
+            server
+                .conn()
+                .get::<_, String>("lock:{quiet}")
+                .is_ok_and(|v| v.starts_with(&format!("{token}!")) && v.len() > 33)
         })
         .await,
-        "the waiter marks the holder's token"
+        "the waiter marks the holder's token and registers"
     );
     assert!(
         eventually(Duration::from_secs(5), || subscribers(
@@ -355,7 +358,135 @@ async fn only_a_release_that_someone_waits_for_is_published() {
         released.elapsed() < Duration::from_secs(2),
         "woken by pub/sub, not by the TTL"
     );
-    assert_eq!(server.command_counts().get("publish"), Some(&1));
+    // The release granted the lock to the registered waiter directly: the waiter sent no
+    // acquire of its own (the one SET is the grant inside the release script).
+    let counts = server.command_counts();
+    assert_eq!(counts.get("set"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("incr"), Some(&1), "{counts:?}");
+}
+
+/// The lock's value in Redis (owner token, then any waiter mark or registration).
+fn lock_value(server: &RedisServer, key: &str) -> Option<String> {
+    server.conn().get::<_, Option<String>>(key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_gives_up_withdraws_its_registration() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let b = locker(&server).await;
+    let g = a.lock("w").await.unwrap();
+    let r = b.lock("w").wait(Duration::from_millis(300)).await;
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            lock_value(&server, "lock:{w}").is_some_and(|v| v.len() == 33)
+        })
+        .await,
+        "only the mark is left: {:?}",
+        lock_value(&server, "lock:{w}")
+    );
+    g.release().await.unwrap();
+    // Nothing was granted to the waiter that left: the lock is free at once.
+    assert!(lock_keys(&server).is_empty(), "{:?}", server.keys());
+    a.try_lock("w").await.unwrap().release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_to_dead_or_stale_registrations_are_bounded() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let ghost = "0123456789abcdef0123456789abcdef";
+    let now_ms = redis_time_us(&server) / 1000;
+
+    // A stale registration (older than half its lease) is not granted: the release frees the
+    // lock.
+    let g = a.lock("stale").await.unwrap();
+    let owner = lock_value(&server, "lock:{stale}").unwrap();
+    let stale = format!("{owner}!{ghost}:1000:{}", now_ms - 5_000);
+    let _: () = redis::cmd("SET")
+        .arg("lock:{stale}")
+        .arg(stale)
+        .arg("KEEPTTL")
+        .query(&mut server.conn())
+        .unwrap();
+    g.release().await.unwrap();
+    assert_eq!(lock_value(&server, "lock:{stale}"), None);
+
+    // A fresh registration of a process that died is granted, and blocks the lock only for the
+    // dead waiter's lease (here 400 ms).
+    let g = a.lock("dead").await.unwrap();
+    let owner = lock_value(&server, "lock:{dead}").unwrap();
+    let fresh = format!("{owner}!{ghost}:400:{now_ms}");
+    let _: () = redis::cmd("SET")
+        .arg("lock:{dead}")
+        .arg(fresh)
+        .arg("KEEPTTL")
+        .query(&mut server.conn())
+        .unwrap();
+    let first = g.fencing_token();
+    g.release().await.unwrap();
+    assert_eq!(
+        lock_value(&server, "lock:{dead}"),
+        Some(format!("{ghost}!"))
+    );
+    let started = Instant::now();
+    let g = a.lock("dead").wait(Duration::from_secs(5)).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "waited {waited:?} for a 400 ms grant"
+    );
+    assert!(
+        g.fencing_token() > first + 1,
+        "the grant used a fencing token too"
+    );
+    g.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_announcement_was_lost_is_found_by_the_next_attempt() {
+    let server = RedisServer::start();
+    let a = Locker::builder(server.url())
+        .default_lease(Duration::from_millis(600))
+        .operation_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let b = locker(&server).await;
+    let holder = a.lock("lost").await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let g = b.lock("lost").wait(Duration::from_secs(10)).await.unwrap();
+        (g.fencing_token(), g.is_held(), g.release().await)
+    });
+    // Wait for the waiter's registration, then grant the lock to it behind its back: no
+    // announcement, as if the pub/sub message had been lost.
+    let mut registered = None;
+    for _ in 0..200 {
+        if let Some(v) = lock_value(&server, "lock:{lost}").filter(|v| v.len() > 65) {
+            registered = Some(v[33..65].to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let w = registered.expect("the waiter registers");
+    std::mem::forget(holder); // its renewal will find the lock taken; that is the point
+    let _: () = redis::cmd("SET")
+        .arg("lock:{lost}")
+        .arg(format!("{w}!"))
+        .arg("PX")
+        .arg(30_000)
+        .query(&mut server.conn())
+        .unwrap();
+    // The waiter's fallback timer (the old holder's TTL, under 600 ms) fires, and its attempt
+    // finds the lock granted to its registration.
+    let (fence, held, released) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter takes its grant")
+        .unwrap();
+    assert!(fence > 0 && held);
+    released.unwrap();
+    assert_eq!(lock_value(&server, "lock:{lost}"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,6 +666,19 @@ async fn dropped_acquire_futures_leave_nothing_behind() {
         .await,
         "the subscription is dropped when nobody waits"
     );
+    // The waiters that went away withdraw their registration in the background; a release
+    // before that would grant the lock to one of them (and the withdrawal would then free it).
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            server
+                .conn()
+                .get::<_, String>("lock:{c2}")
+                .is_ok_and(|v| v.len() <= 33)
+        })
+        .await,
+        "registration withdrawn: {:?}",
+        server.conn().get::<_, String>("lock:{c2}")
+    );
     holder.release().await.unwrap();
     // Nothing local is left either: a try_lock goes straight to Redis and wins.
     let g = a.try_lock("c2").await.expect("no stale local queue entry");
@@ -565,10 +709,10 @@ async fn waiting_does_not_spin() {
         .map(|(_, n)| n)
         .sum();
     // One contender: the plain first attempt (SET, INCR), the scripted attempt that marks the
-    // holder (EVALSHA, SET, GET, APPEND, PTTL), SUBSCRIBE, a retry after the subscription
-    // (EVALSHA, SET, GET, PTTL). Nothing for the other 49 tasks.
+    // holder and registers (EVALSHA, SET, GET, TIME, SET, PTTL), SUBSCRIBE, a retry after the
+    // subscription (EVALSHA, SET, GET, TIME, PTTL). Nothing for the other 49 tasks.
     assert!(
-        during_wait <= 12,
+        during_wait <= 14,
         "50 tasks waiting 500 ms cost {during_wait} commands: {:?}",
         server.command_counts()
     );
