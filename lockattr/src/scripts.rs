@@ -72,7 +72,7 @@ use crate::key::RedisNames;
 /// when busy (EVALSHA, SET, GET, TIME, PTTL; SET to register), 5 for a found grant (EVALSHA,
 /// SET, GET, PEXPIRE, INCR).
 const ACQUIRE_LUA: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local function next_fence()
   local fence = redis.call('INCR', KEYS[2])
   if fence < 1000000000000000 then
     local now = redis.call('TIME')
@@ -81,6 +81,9 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return fence
 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return next_fence()
+end
 local value = redis.call('GET', KEYS[1])
 if not value then
   return {-2, 0}
@@ -88,13 +91,7 @@ end
 local owner = string.sub(value, 1, 32)
 if ARGV[4] ~= '' and owner == ARGV[4] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  local fence = redis.call('INCR', KEYS[2])
-  if fence < 1000000000000000 then
-    local now = redis.call('TIME')
-    fence = now[1] * 1000000 + now[2]
-    redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', ARGV[3])
-  end
-  return {fence}
+  return {next_fence()}
 end
 local registered = 0
 local now = redis.call('TIME')
@@ -399,18 +396,22 @@ pub(crate) fn try_plain(names: &RedisNames, token: &str, lease_ms: u64) -> redis
 
 /// [`RESEED_LUA`] for the holder of `token`.
 pub(crate) fn reseed(names: &RedisNames, token: &str, counter_ttl_ms: u64) -> Call {
-    let mut call = evalsha(&RESEED, 2, 4, names.fence().len() * 2 + token.len() + 20);
-    call.cmd
-        .arg(names.lock())
-        .arg(names.fence())
-        .arg(token)
-        .arg(counter_ttl_ms);
-    call
+    owner_call(&RESEED, names, token, counter_ttl_ms)
 }
 
 /// [`RELEASE_LUA`] for `token`.
 pub(crate) fn release(names: &RedisNames, token: &str, counter_ttl_ms: u64) -> Call {
-    let mut call = evalsha(&RELEASE, 2, 3, names.fence().len() * 2 + token.len() + 20);
+    owner_call(&RELEASE, names, token, counter_ttl_ms)
+}
+
+/// A script of the shape `KEYS = lock, counter; ARGV = token, counter TTL`.
+fn owner_call(
+    script: &'static LazyLock<Script>,
+    names: &RedisNames,
+    token: &str,
+    counter_ttl_ms: u64,
+) -> Call {
+    let mut call = evalsha(script, 2, 4, names.fence().len() * 2 + token.len() + 20);
     call.cmd
         .arg(names.lock())
         .arg(names.fence())
