@@ -240,7 +240,7 @@ impl Locker {
         names: &RedisNames,
         token: &str,
     ) -> Result<i64, Error> {
-        let release = crate::scripts::release(names, token, self.inner.config.fence_ttl_ms());
+        let release = crate::scripts::release(names, token);
         match self.eval("release", &release).await {
             Err(e) if e.is_connection_dropped() => self.eval("release", &release).await,
             other => other,

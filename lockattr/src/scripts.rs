@@ -109,17 +109,20 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
 /// Release a lock: silently when unmarked, announced when marked, granted to the registered
 /// waiter when there is a live registration (see the module docs).
 ///
-/// * `KEYS[1]` lock key, `KEYS[2]` fencing counter
-/// * `ARGV[1]` token, `ARGV[2]` fencing counter TTL in ms
+/// * `KEYS[1]` lock key; the fencing counter is `KEYS[1]` followed by `:fence` (same hash tag,
+///   so the same Cluster slot: it is not passed, because every argument costs the uncontended
+///   release measurably)
+/// * `ARGV[1]` token
 /// * announces on the release channel, `KEYS[1]` followed by `:released`: `''` for a plain
-///   release, `W:fence` for a grant to `W`
+///   release, `W:fence` for a grant to `W`. A counter that has to start again (it expired) is
+///   not started here: the lock is released plainly and the waiter's own acquire starts it.
 /// * returns `0` when the lock was not ours any more (expired or taken), otherwise `1 +` the
 ///   number of subscribers the announcement reached. The releasing process is not subscribed to
 ///   its own lock's channel while it holds the lock, so that number counts the *other*
 ///   processes waiting, which lets the releaser give them precedence over its own queue.
 ///
 /// Commands: 3 (EVALSHA, GET, DEL), 4 with PUBLISH when marked, 6 for a grant (EVALSHA, GET,
-/// TIME, SET, INCR, PUBLISH), 2 when not ours.
+/// TIME, INCR, SET, PUBLISH), 2 when not ours.
 const RELEASE_LUA: &str = r"
 local value = redis.call('GET', KEYS[1])
 if value == ARGV[1] then
@@ -134,13 +137,11 @@ local waiter, lease, at = string.match(value, '^%x+!(%x+):(%d+):(%d+)$')
 if waiter then
   local now = redis.call('TIME')
   if (now[1] * 1000 + math.floor(now[2] / 1000)) - tonumber(at) <= tonumber(lease) / 2 then
-    redis.call('SET', KEYS[1], waiter .. '!', 'PX', lease)
-    local fence = redis.call('INCR', KEYS[2])
-    if fence < 1000000000000000 then
-      fence = now[1] * 1000000 + now[2]
-      redis.call('SET', KEYS[2], string.format('%.0f', fence), 'PX', ARGV[2])
+    local fence = redis.call('INCR', KEYS[1] .. ':fence')
+    if fence >= 1000000000000000 then
+      redis.call('SET', KEYS[1], waiter .. '!', 'PX', lease)
+      return 1 + redis.call('PUBLISH', channel, waiter .. ':' .. string.format('%.0f', fence))
     end
-    return 1 + redis.call('PUBLISH', channel, waiter .. ':' .. string.format('%.0f', fence))
   end
 end
 redis.call('DEL', KEYS[1])
@@ -400,8 +401,10 @@ pub(crate) fn reseed(names: &RedisNames, token: &str, counter_ttl_ms: u64) -> Ca
 }
 
 /// [`RELEASE_LUA`] for `token`.
-pub(crate) fn release(names: &RedisNames, token: &str, counter_ttl_ms: u64) -> Call {
-    owner_call(&RELEASE, names, token, counter_ttl_ms)
+pub(crate) fn release(names: &RedisNames, token: &str) -> Call {
+    let mut call = evalsha(&RELEASE, 1, 2, names.lock().len() + token.len());
+    call.cmd.arg(names.lock()).arg(token);
+    call
 }
 
 /// A script of the shape `KEYS = lock, counter; ARGV = token, counter TTL`.

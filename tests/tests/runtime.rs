@@ -413,6 +413,21 @@ async fn grants_to_dead_or_stale_registrations_are_bounded() {
     g.release().await.unwrap();
     assert_eq!(lock_value(&server, "lock:{stale}"), None);
 
+    // A fresh registration, but the fencing counter is gone: the release does not start the
+    // counter itself; it releases plainly and the waiter's own acquire starts it.
+    let g = a.lock("nofence").await.unwrap();
+    let owner = lock_value(&server, "lock:{nofence}").unwrap();
+    let fresh = format!("{owner}!{ghost}:1000:{now_ms}");
+    let _: () = redis::cmd("SET")
+        .arg("lock:{nofence}")
+        .arg(fresh)
+        .arg("KEEPTTL")
+        .query(&mut server.conn())
+        .unwrap();
+    let _: () = server.conn().del("lock:{nofence}:fence").unwrap();
+    g.release().await.unwrap();
+    assert_eq!(lock_value(&server, "lock:{nofence}"), None);
+
     // A fresh registration of a process that died is granted, and blocks the lock only for the
     // dead waiter's lease (here 400 ms).
     let g = a.lock("dead").await.unwrap();
