@@ -90,6 +90,11 @@ impl Held {
         &self.slot.locker
     }
 
+    /// See [`Job::renew_soon`].
+    pub(crate) fn renew_soon(&self) {
+        self.job.renew_soon();
+    }
+
     fn key(&self) -> &Arc<str> {
         &self.job.key
     }

@@ -65,8 +65,10 @@
 //! * **Direct grants between processes.** The release of a lock another process waits for hands
 //!   the lock straight to that waiter in the same script, with the waiter's lease and the next
 //!   fencing token, and announces it: the waiter holds the lock when the message arrives, with
-//!   no round trip of its own. A waiter that died can be granted the lock only within half its
-//!   lease of registering, and then blocks it at most for that lease, like a holder that died.
+//!   no round trip of its own. A grant carries at most 2 s of lease (the new holder renews to
+//!   its own lease at once; a fixed lease is granted whole), and a waiter is granted the lock
+//!   only within half of that after it registered: a waiter that died blocks the lock at most
+//!   for the grant's lease, like a holder that died.
 //! * **Handoff inside a process.** When the holder releases and another local task waits, the
 //!   lock is handed over without ever being free: the next task starts at once and Redis
 //!   confirms its fresh token, fencing token and lease in the background (bounded, so other

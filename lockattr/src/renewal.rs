@@ -133,6 +133,13 @@ impl Job {
         }
     }
 
+    /// Renews as soon as the scheduler gets to it (a granted lock starts with a short lease).
+    pub(crate) fn renew_soon(self: &Arc<Self>) {
+        if self.renew {
+            self.schedule(Instant::now());
+        }
+    }
+
     /// When the job next needs attention: the next renewal, or the end of a fixed lease.
     fn next_due(&self, from: Instant, retry_soon: bool) -> Instant {
         let t = *lock(&self.timing);

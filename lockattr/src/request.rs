@@ -267,7 +267,22 @@ impl Drop for InFlight<'_> {
 /// How much of a granted lease must be left for the grant to be used as announced.
 const GRANT_MARGIN: Duration = Duration::from_millis(20);
 
+/// The longest lease a direct grant gives a waiter that renews its lease (it renews to its own
+/// lease as soon as it holds the lock). It bounds how long a waiter that died can block a lock
+/// it was granted, and half of it is how long a registration stays good for a grant.
+const GRANT_LEASE_CAP: Duration = Duration::from_secs(2);
+
 impl Attempt {
+    /// The lease a direct grant gives this request: its own, capped at [`GRANT_LEASE_CAP`]
+    /// when it renews (a fixed lease is granted whole: it cannot be renewed after the grant).
+    fn grant_lease(&self) -> Duration {
+        if self.renew {
+            self.lease.min(GRANT_LEASE_CAP)
+        } else {
+            self.lease
+        }
+    }
+
     /// The lock is ours under `token` until `lease_end` at the earliest: start holding it.
     fn hold(&self, mut slot: Slot, token: String, fence: u64, lease_end: Instant) -> LockGuard {
         slot.sub = None;
@@ -390,7 +405,14 @@ impl Attempt {
                 self.try_plain(token, lease_ms, counter_ttl).await
             } else {
                 let registered = registration.as_ref().map(|r| r.token.as_str());
-                let call = scripts::acquire(&self.names, token, lease_ms, counter_ttl, registered);
+                let call = scripts::acquire(
+                    &self.names,
+                    token,
+                    lease_ms,
+                    counter_ttl,
+                    registered,
+                    millis(self.grant_lease()),
+                );
                 match self.locker.eval::<redis::Value>("acquire", &call).await {
                     Ok(v) => scripts::Acquired::decode(&v).map_err(Error::Redis),
                     Err(e) => Err(e),
@@ -419,7 +441,7 @@ impl Attempt {
                 // A release granted the lock to our registration and its announcement was
                 // missed; the script renewed its lease from this attempt.
                 scripts::Acquired::Granted(fence) if Instant::now() < lease_end => {
-                    drop(flight); // this attempt's own token was not granted anything
+                    flight.token = None; // this attempt's own token got nothing
                     let Some(r) = registration.take() else {
                         return Err(Error::Redis(redis::RedisError::from((
                             redis::ErrorKind::UnexpectedReturnType,
@@ -500,10 +522,15 @@ impl Attempt {
                     // registering attempt was sent; if that leaves too little of it, the next
                     // attempt finds the grant and renews it instead.
                     if let Some(r) = registration.take() {
-                        let lease_end = r.sent_at + self.lease;
+                        let lease_end = r.sent_at + self.grant_lease();
                         if lease_end > Instant::now() + GRANT_MARGIN {
                             let token = r.consume();
-                            return Ok(self.hold(slot, token, fence, lease_end));
+                            let guard = self.hold(slot, token, fence, lease_end);
+                            if let Some(held) = guard.st.as_ref() {
+                                // The grant's lease may be shorter than ours: renew now.
+                                held.renew_soon();
+                            }
+                            return Ok(guard);
                         }
                         registration = Some(r);
                     }

@@ -13,8 +13,10 @@
 //! * `T`: held by `T`, nobody else asked for it;
 //! * `T!`: a contender of another process (or another `Locker`) found it busy and may be
 //!   waiting for its release;
-//! * `T!W:L:S`: the same, and that contender registered for a *direct grant*: its token `W`, its
-//!   lease `L` in ms, and when it registered, `S` (Redis's clock in ms).
+//! * `T!W:L:S`: the same, and that contender registered for a *direct grant*: its token `W`, the
+//!   lease `L` in ms a grant gives it, and when it registered, `S` (Redis's clock in ms). `L` is
+//!   the waiter's lease, at most 2 s when it renews its lease (the granted holder renews to its
+//!   full lease at once): a short grant bounds what a dead waiter can cost.
 //!
 //! Ownership is checked on the first 32 characters, so marks never get in the owner's way, and a
 //! handoff carries the mark over to the new token. An unmarked lock's release is silent (an
@@ -30,7 +32,7 @@
 //!   after the registration is not made (the release announces a plain release instead), so the
 //!   waiter's bound is always useful, and a waiter that died (or went away without saying so)
 //!   can be granted the lock only within `L/2` of its registration; the lock then expires
-//!   after `L`, as if a holder had died.
+//!   after `L` (at most 2 s for a renewing waiter), as if a holder had died.
 //! * A waiter that gives up (timeout, cancellation) withdraws in the background: its registration
 //!   is removed, or, if it was granted the lock meanwhile, the lock is released.
 //! * A grant whose announcement was lost (pub/sub reconnecting) is found by the waiter's next
@@ -52,7 +54,8 @@ use crate::key::RedisNames;
 ///
 /// * `KEYS[1]` lock key, `KEYS[2]` fencing counter
 /// * `ARGV[1]` token, `ARGV[2]` lease in ms, `ARGV[3]` fencing counter TTL in ms, `ARGV[4]` the
-///   token this contender registered with earlier (`''` if none)
+///   token this contender registered with earlier (`''` if none), `ARGV[5]` the lease in ms a
+///   grant should carry (see the module docs)
 /// * returns the fencing token (an integer `>= 1`) when taken with `ARGV[1]`; `{fence}` when a
 ///   release had granted the lock to `ARGV[4]` (its lease is then renewed to `ARGV[2]`); when
 ///   the lock is held by someone else, `{holder_pttl_ms, registered}`, where `registered` is `1`
@@ -98,7 +101,7 @@ local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local _, lease, at = string.match(value, '^%x+!(%x+):(%d+):(%d+)$')
 if not lease or now_ms - tonumber(at) > tonumber(lease) / 2 then
-  local mark = owner .. '!' .. ARGV[1] .. ':' .. ARGV[2] .. ':' .. string.format('%.0f', now_ms)
+  local mark = owner .. '!' .. ARGV[1] .. ':' .. ARGV[5] .. ':' .. string.format('%.0f', now_ms)
   redis.call('SET', KEYS[1], mark, 'KEEPTTL')
   registered = 1
 end
@@ -296,12 +299,13 @@ pub(crate) fn acquire(
     lease_ms: u64,
     counter_ttl_ms: u64,
     registered: Option<&str>,
+    grant_lease_ms: u64,
 ) -> Call {
     let mut call = evalsha(
         &ACQUIRE,
         2,
-        6,
-        names.fence().len() * 2 + token.len() * 2 + 40,
+        7,
+        names.fence().len() * 2 + token.len() * 2 + 60,
     );
     call.cmd
         .arg(names.lock())
@@ -309,7 +313,8 @@ pub(crate) fn acquire(
         .arg(token)
         .arg(lease_ms)
         .arg(counter_ttl_ms)
-        .arg(registered.unwrap_or(""));
+        .arg(registered.unwrap_or(""))
+        .arg(grant_lease_ms);
     call
 }
 

@@ -460,6 +460,47 @@ async fn grants_to_dead_or_stale_registrations_are_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_lock_starts_short_and_is_renewed_to_the_full_lease() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let b = locker(&server).await; // default lease 30 s
+    let holder = a.lock("short").await.unwrap();
+    let (took, hold_on) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let waiter = tokio::spawn({
+        let (took, hold_on) = (took.clone(), hold_on.clone());
+        async move {
+            let g = b.lock("short").await.unwrap();
+            took.store(true, Ordering::SeqCst);
+            hold_on.notified().await;
+            g.release().await
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            lock_value(&server, "lock:{short}").is_some_and(|v| v.len() > 65)
+        })
+        .await,
+        "the waiter registers"
+    );
+    holder.release().await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || took.load(Ordering::SeqCst)).await);
+    // The grant carried at most 2 s; the new holder renews to its 30 s at once.
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            server.conn().pttl::<_, i64>("lock:{short}").unwrap() > 20_000
+        })
+        .await,
+        "pttl {}",
+        server.conn().pttl::<_, i64>("lock:{short}").unwrap()
+    );
+    hold_on.notify_one();
+    waiter.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_whose_announcement_was_lost_is_found_by_the_next_attempt() {
     let server = RedisServer::start();
     let a = Locker::builder(server.url())
