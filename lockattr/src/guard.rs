@@ -90,9 +90,9 @@ impl Held {
         &self.slot.locker
     }
 
-    /// See [`Job::renew_soon`].
-    pub(crate) fn renew_soon(&self) {
-        self.job.renew_soon();
+    /// See [`Job::renew_by`].
+    pub(crate) fn renew_by(&self, due: Instant) {
+        self.job.renew_by(due);
     }
 
     fn key(&self) -> &Arc<str> {

@@ -133,10 +133,10 @@ impl Job {
         }
     }
 
-    /// Renews as soon as the scheduler gets to it (a granted lock starts with a short lease).
-    pub(crate) fn renew_soon(self: &Arc<Self>) {
-        if self.renew {
-            self.schedule(Instant::now());
+    /// Renews at `due` at the latest (a granted lock starts with a shorter lease than its own).
+    pub(crate) fn renew_by(self: &Arc<Self>, due: Instant) {
+        if self.renew && lock(&self.timing).queued.is_none_or(|(at, _)| due < at) {
+            self.schedule(due);
         }
     }
 

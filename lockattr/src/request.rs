@@ -527,8 +527,9 @@ impl Attempt {
                             let token = r.consume();
                             let guard = self.hold(slot, token, fence, lease_end);
                             if let Some(held) = guard.st.as_ref() {
-                                // The grant's lease may be shorter than ours: renew now.
-                                held.renew_soon();
+                                // The grant's lease may be shorter than ours: renew by half of
+                                // it (a short critical section is over before that).
+                                held.renew_by(lease_end - self.grant_lease() / 2);
                             }
                             return Ok(guard);
                         }
