@@ -392,38 +392,38 @@ async fn a_waiter_that_gives_up_withdraws_its_registration() {
     a.try_lock("w").await.unwrap().release().await.unwrap();
 }
 
+/// Registers a waiter that does not exist (token `GHOST`) on the held lock `key`, as if it had
+/// registered at `at_ms` (Redis time) for a grant of `lease_ms`.
+fn register_ghost(server: &RedisServer, key: &str, lease_ms: u64, at_ms: u64) {
+    let owner = lock_value(server, key).expect("the lock is held");
+    let value = format!("{owner}!{GHOST}:{lease_ms}:{at_ms}");
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("KEEPTTL")
+        .query(&mut server.conn())
+        .unwrap();
+}
+
+const GHOST: &str = "0123456789abcdef0123456789abcdef";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_to_dead_or_stale_registrations_are_bounded() {
     let server = RedisServer::start();
     let a = locker(&server).await;
-    let ghost = "0123456789abcdef0123456789abcdef";
     let now_ms = redis_time_us(&server) / 1000;
 
     // A stale registration (older than half its lease) is not granted: the release frees the
     // lock.
     let g = a.lock("stale").await.unwrap();
-    let owner = lock_value(&server, "lock:{stale}").unwrap();
-    let stale = format!("{owner}!{ghost}:1000:{}", now_ms - 5_000);
-    let _: () = redis::cmd("SET")
-        .arg("lock:{stale}")
-        .arg(stale)
-        .arg("KEEPTTL")
-        .query(&mut server.conn())
-        .unwrap();
+    register_ghost(&server, "lock:{stale}", 1000, now_ms - 5_000);
     g.release().await.unwrap();
     assert_eq!(lock_value(&server, "lock:{stale}"), None);
 
     // A fresh registration, but the fencing counter is gone: the release does not start the
     // counter itself; it releases plainly and the waiter's own acquire starts it.
     let g = a.lock("nofence").await.unwrap();
-    let owner = lock_value(&server, "lock:{nofence}").unwrap();
-    let fresh = format!("{owner}!{ghost}:1000:{now_ms}");
-    let _: () = redis::cmd("SET")
-        .arg("lock:{nofence}")
-        .arg(fresh)
-        .arg("KEEPTTL")
-        .query(&mut server.conn())
-        .unwrap();
+    register_ghost(&server, "lock:{nofence}", 1000, now_ms);
     let _: () = server.conn().del("lock:{nofence}:fence").unwrap();
     g.release().await.unwrap();
     assert_eq!(lock_value(&server, "lock:{nofence}"), None);
@@ -431,19 +431,12 @@ async fn grants_to_dead_or_stale_registrations_are_bounded() {
     // A fresh registration of a process that died is granted, and blocks the lock only for the
     // dead waiter's lease (here 400 ms).
     let g = a.lock("dead").await.unwrap();
-    let owner = lock_value(&server, "lock:{dead}").unwrap();
-    let fresh = format!("{owner}!{ghost}:400:{now_ms}");
-    let _: () = redis::cmd("SET")
-        .arg("lock:{dead}")
-        .arg(fresh)
-        .arg("KEEPTTL")
-        .query(&mut server.conn())
-        .unwrap();
+    register_ghost(&server, "lock:{dead}", 400, now_ms);
     let first = g.fencing_token();
     g.release().await.unwrap();
     assert_eq!(
         lock_value(&server, "lock:{dead}"),
-        Some(format!("{ghost}!"))
+        Some(format!("{GHOST}!"))
     );
     let started = Instant::now();
     let g = a.lock("dead").wait(Duration::from_secs(5)).await.unwrap();
