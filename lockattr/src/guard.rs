@@ -90,11 +90,6 @@ impl Held {
         &self.slot.locker
     }
 
-    /// See [`Job::renew_by`].
-    pub(crate) fn renew_by(&self, due: Instant) {
-        self.job.renew_by(due);
-    }
-
     fn key(&self) -> &Arc<str> {
         &self.job.key
     }

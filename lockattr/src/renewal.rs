@@ -133,14 +133,12 @@ impl Job {
         }
     }
 
-    /// Renews at `due` at the latest (a granted lock starts with a shorter lease than its own).
-    pub(crate) fn renew_by(self: &Arc<Self>, due: Instant) {
-        if self.renew && lock(&self.timing).queued.is_none_or(|(at, _)| due < at) {
-            self.schedule(due);
-        }
-    }
-
     /// When the job next needs attention: the next renewal, or the end of a fixed lease.
+    ///
+    /// A renewal is due after lease/3, but never later than halfway through what is left of
+    /// the current lease: a lock can start with less than its own lease left (a direct grant
+    /// carries at most 2 s; an early handover runs on the old holder's lease until Redis
+    /// confirms), and a renewal due only at the deadline would find the lease already over.
     fn next_due(&self, from: Instant, retry_soon: bool) -> Instant {
         let t = *lock(&self.timing);
         if !self.renew {
@@ -151,7 +149,8 @@ impl Job {
         } else {
             t.lease / 3
         };
-        t.deadline.min(from + step)
+        let half_left = (t.deadline.saturating_duration_since(from) / 2).max(MIN_STEP);
+        t.deadline.min(from + step.min(half_left))
     }
 
     fn schedule(self: &Arc<Self>, due: Instant) {
@@ -249,6 +248,9 @@ pub(crate) struct Timers {
     /// Nanoseconds after `epoch` at which the scheduler wakes next at the latest.
     armed: AtomicU64,
 }
+
+/// Shortest interval between two attempts at renewing one lock.
+const MIN_STEP: Duration = Duration::from_millis(1);
 
 /// Longest sleep of an idle scheduler. Bounds how far `armed` can lag behind the queue, so a
 /// job registered while the scheduler sleeps is never woken later than this after it is due.

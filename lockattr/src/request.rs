@@ -524,14 +524,9 @@ impl Attempt {
                     if let Some(r) = registration.take() {
                         let lease_end = r.sent_at + self.grant_lease();
                         if lease_end > Instant::now() + GRANT_MARGIN {
-                            let token = r.consume();
-                            let guard = self.hold(slot, token, fence, lease_end);
-                            if let Some(held) = guard.st.as_ref() {
-                                // The grant's lease may be shorter than ours: renew by half of
-                                // it (a short critical section is over before that).
-                                held.renew_by(lease_end - self.grant_lease() / 2);
-                            }
-                            return Ok(guard);
+                            // The lease upkeep renews by half of the grant's lease, which may
+                            // be shorter than ours (a short critical section ends before that).
+                            return Ok(self.hold(slot, r.consume(), fence, lease_end));
                         }
                         registration = Some(r);
                     }
