@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod proxy;
+pub mod rng;
 
 /// How the harness explains a missing `redis-server`.
 pub const INSTALL_HINT: &str = "redis-server was not found on PATH; the lockattr tests start \
