@@ -1,11 +1,8 @@
-//! Running a future under a lock: loss cancels it, the fencing token is readable inside it, and
-//! nested calls for a key the task already holds re-enter.
+//! What the current task holds under `run` (and `#[distributed_lock]`): for the fencing token
+//! inside the critical section, and for re-entry.
 
 use std::future::Future;
 use std::sync::Arc;
-
-use crate::request::LockRequest;
-use crate::Error;
 
 tokio::task_local! {
     static HELD: Arc<HeldByTask>;
@@ -13,7 +10,7 @@ tokio::task_local! {
 
 /// One lock held by the current task under `run`, linked to the locks held around it.
 #[derive(Debug)]
-struct HeldByTask {
+pub(crate) struct HeldByTask {
     locker: usize,
     lock: String,
     fence: u64,
@@ -34,7 +31,8 @@ impl HeldByTask {
 }
 
 /// The fencing token of the innermost lock the current task holds under
-/// [`LockRequest::run`] or `#[distributed_lock]`, or `None` outside of one.
+/// [`LockRequest::run`](crate::LockRequest::run) or `#[distributed_lock]`, or `None` outside
+/// of one.
 ///
 /// ```no_run
 /// #[lockattr::distributed_lock(key = "account:<id>")]
@@ -50,46 +48,18 @@ pub fn fencing_token() -> Option<u64> {
     HELD.try_with(|h| h.fence).ok()
 }
 
-pub(crate) async fn run<F: Future>(req: LockRequest, fut: F) -> Result<F::Output, Error> {
-    let locker_id = req.locker().id();
-    let lock = match req.key() {
-        Ok(key) => req.locker().names(key).lock().to_owned(),
-        Err(_) => String::new(),
-    };
-    let outer = HELD.try_with(Arc::clone).ok();
-    if outer.as_ref().is_some_and(|o| o.find(locker_id, &lock)) {
-        // Re-entry: this task already holds the lock; the outer `run` guards it.
-        return Ok(fut.await);
-    }
-    let guard = req.await?;
-    let key = guard.key().to_owned();
+/// Whether the current task already holds `lock` of the locker `locker` under `run`.
+pub(crate) fn holds(locker: usize, lock: &str) -> bool {
+    HELD.try_with(|h| h.find(locker, lock)).unwrap_or(false)
+}
+
+/// Runs `fut` as the critical section of `lock` (fencing token `fence`).
+pub(crate) async fn scope<F: Future>(locker: usize, lock: String, fence: u64, fut: F) -> F::Output {
     let held = Arc::new(HeldByTask {
-        locker: locker_id,
+        locker,
         lock,
-        fence: guard.fencing_token(),
-        outer,
+        fence,
+        outer: HELD.try_with(Arc::clone).ok(),
     });
-    let lost = guard.lost();
-    let out = HELD
-        .scope(held, async {
-            tokio::select! {
-                biased;
-                () = lost => None,
-                out = fut => Some(out),
-            }
-        })
-        .await;
-    match out {
-        Some(out) => {
-            if let Err(e) = guard.release().await {
-                // The body finished while the lock was believed held; its result stands.
-                tracing::warn!(target: "lockattr", key, error = %e, "release after the critical section failed");
-            }
-            Ok(out)
-        }
-        None => {
-            let _ = guard.release().await;
-            Err(Error::Lost { key })
-        }
-    }
+    HELD.scope(held, fut).await
 }

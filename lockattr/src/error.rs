@@ -64,6 +64,17 @@ pub enum Error {
     /// unknown to the caller, but never leaked: a lock whose acquire or release failed expires
     /// with its lease.
     Redis(redis::RedisError),
+    /// Redis did not answer within the locker's operation timeout
+    /// ([`LockerBuilder::operation_timeout`](crate::LockerBuilder::operation_timeout), 2 s by
+    /// default). The timeout is lockattr's own, so the connection may be fine and Redis merely
+    /// slow or paused; whether the operation was applied is unknown. Like [`Error::Redis`],
+    /// nothing is leaked: a lock whose acquire or release timed out expires with its lease.
+    OperationTimeout {
+        /// What was waited for (`acquire`, `release`, `renew`, ...).
+        operation: &'static str,
+        /// The operation timeout that ran out.
+        after: Duration,
+    },
 }
 
 impl Error {
@@ -88,16 +99,6 @@ impl Error {
         Error::InvalidConfig {
             reason: reason.into(),
         }
-    }
-
-    /// A Redis error for an operation that did not complete within the locker's
-    /// `operation_timeout`.
-    pub(crate) fn redis_timeout(what: &'static str, after: Duration) -> Self {
-        Error::Redis(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "operation timed out",
-            format!("no answer from Redis to `{what}` within {after:?}"),
-        )))
     }
 
     /// `true` when the connection to Redis broke under the request (the connection manager
@@ -145,6 +146,13 @@ impl fmt::Display for Error {
                 f,
                 "Redis error while locking: {e} (check that Redis is reachable; a lock whose \
                  release failed expires with its lease)"
+            ),
+            Error::OperationTimeout { operation, after } => write!(
+                f,
+                "Redis did not answer `{operation}` within {after:?} (the locker's operation \
+                 timeout); whether it was applied is unknown, and a lock it may have taken \
+                 expires with its lease (check Redis's health and latency, or raise \
+                 `operation_timeout`)"
             ),
         }
     }
@@ -194,5 +202,10 @@ mod tests {
         assert!(e.to_string().contains("`party:1`"));
         assert!(e.to_string().contains("raise `wait`"));
         assert!(Error::NotConfigured.to_string().contains("set_default"));
+        let t = Error::OperationTimeout {
+            operation: "acquire",
+            after: Duration::from_secs(2),
+        };
+        assert!(t.to_string().contains("`acquire` within 2s"), "{t}");
     }
 }

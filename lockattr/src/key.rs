@@ -5,9 +5,8 @@
 //!
 //! | Redis name | what |
 //! |---|---|
-//! | `<namespace>:{<key>}` | the lock itself: a string holding the owner's random token |
-//! | `<namespace>:{<key>}:fence` | the fencing counter (see [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)) |
-//! | `<namespace>:{<key>}:released` | the pub/sub channel on which releases are announced |
+//! | `<namespace>:{<key>}` | the lock itself, while it is held: a string holding the owner's token (see `protocol`) |
+//! | `<namespace>:{<key>}:released` | the pub/sub channel on which releases are announced (not a key) |
 //!
 //! Escaping is injective, so two different keys never map to the same Redis key and no key can
 //! break out of its hash tag: `%`, `{`, `}`, and control characters (and, inside values
@@ -111,45 +110,35 @@ impl KeyBuilder {
     }
 }
 
-/// The Redis names of one lock under one namespace, in one buffer: the lock's name is a prefix
-/// of its fencing counter's (this is built on every acquisition).
+/// The Redis names of one lock under one namespace (built on every acquisition).
 #[derive(Clone, Debug)]
 pub(crate) struct RedisNames {
-    /// `<namespace>:{<key>}:fence`.
-    buf: String,
-    lock_len: usize,
+    /// `<namespace>:{<key>}`.
+    lock: String,
 }
 
-/// What the release channel's name adds to the lock's (`scripts::RELEASE_LUA` appends it too).
+/// What the release channel's name adds to the lock's (the scripts append it too).
 const CHANNEL_SUFFIX: &str = ":released";
-const FENCE_SUFFIX: &str = ":fence";
 
 impl RedisNames {
     pub(crate) fn new(namespace: &str, key: &LockKey) -> Self {
-        let lock_len = namespace.len() + key.escaped.len() + 3;
-        let mut buf = String::with_capacity(lock_len + FENCE_SUFFIX.len());
-        buf.push_str(namespace);
-        buf.push_str(":{");
-        buf.push_str(&key.escaped);
-        buf.push('}');
-        buf.push_str(FENCE_SUFFIX);
-        RedisNames { buf, lock_len }
+        let mut lock = String::with_capacity(namespace.len() + key.escaped.len() + 3);
+        lock.push_str(namespace);
+        lock.push_str(":{");
+        lock.push_str(&key.escaped);
+        lock.push('}');
+        RedisNames { lock }
     }
 
     /// The lock: a string holding the owner's token.
     pub(crate) fn lock(&self) -> &str {
-        &self.buf[..self.lock_len]
-    }
-
-    /// The fencing counter.
-    pub(crate) fn fence(&self) -> &str {
-        &self.buf
+        &self.lock
     }
 
     /// The pub/sub channel on which releases are announced (needed only under contention).
     pub(crate) fn channel(&self) -> String {
-        let mut c = String::with_capacity(self.lock_len + CHANNEL_SUFFIX.len());
-        c.push_str(self.lock());
+        let mut c = String::with_capacity(self.lock.len() + CHANNEL_SUFFIX.len());
+        c.push_str(&self.lock);
         c.push_str(CHANNEL_SUFFIX);
         c
     }
@@ -238,7 +227,6 @@ mod tests {
         let k = LockKey::from_user("x}y".into()).unwrap();
         let n = RedisNames::new("lock", &k);
         assert_eq!(n.lock(), "lock:{x%7Dy}");
-        assert_eq!(n.fence(), "lock:{x%7Dy}:fence");
         assert_eq!(n.channel(), "lock:{x%7Dy}:released");
     }
 

@@ -47,14 +47,18 @@
 //!   own, however late they are. Ownership is never tied to a thread or task.
 //! * **Leases that cannot silently run out.** The lease is the lock's TTL in Redis and bounds
 //!   how long a crashed holder blocks others. While a guard lives a watchdog renews it every
-//!   lease/3. If the lock is lost anyway (renewal finds it expired or taken, Redis stays
-//!   unreachable past the lease, or a fixed lease with `renew = false` runs out), the critical
-//!   section is *cancelled* at its next `.await` and the call returns [`Error::Lost`], instead
-//!   of going on unprotected.
+//!   lease/3. One lease clock per lock decides until when it is held: the send time of the
+//!   command that last set the lease, plus that lease, minus a small margin. At that deadline,
+//!   whatever replies are still in flight, or as soon as Redis says the lock is not ours, the
+//!   lock is *lost*: the critical section is *cancelled* at its next `.await` and the call
+//!   returns [`Error::Lost`], instead of going on unprotected. A loss that only the final
+//!   release finds (the key was deleted or taken over) makes the call return [`Error::Lost`]
+//!   too.
 //! * **Fencing tokens.** Every acquisition of a key gets a number strictly greater than the
-//!   previous one's ([`LockGuard::fencing_token`], [`fencing_token()`]), from Redis, in the same
-//!   round trip. Storage that remembers the highest token per resource can reject a stale
-//!   holder's writes.
+//!   previous holder's ([`LockGuard::fencing_token`], [`fencing_token()`]), issued by Redis in
+//!   the same round trip: Redis's clock in microseconds. Storage that remembers the highest
+//!   token per resource can reject a stale holder's writes. No holder ever sees a token Redis
+//!   did not issue.
 //! * **Redis 6 or newer.** Release announcements use RESP3 pushes; `SET ... KEEPTTL` marks
 //!   waiters.
 //! * **Waiting without spinning.** Tasks of one process that want the same key queue locally;
@@ -70,12 +74,15 @@
 //!   only within half of that after it registered: a waiter that died blocks the lock at most
 //!   for the grant's lease, like a holder that died.
 //! * **Handoff inside a process.** When the holder releases and another local task waits, the
-//!   lock is handed over without ever being free: the next task starts at once and Redis
-//!   confirms its fresh token, fencing token and lease in the background (bounded, so other
-//!   processes get their turn).
+//!   lock is handed over without ever being free: one script switches it to the next task's
+//!   token, lease and fencing token, and the next task starts when Redis has confirmed that
+//!   (bounded, so other processes get their turn).
 //! * **Cancellation safety.** Dropping a guard releases the lock at once in the background.
 //!   Dropping an acquire future at any point leaves no lock, queue entry or subscription
 //!   behind, even when Redis granted the lock just as the future was dropped.
+//! * **A small footprint.** lockattr keeps the lock key in Redis while the lock is held, and
+//!   nothing else: no counters, no per-key state after the release. A key holding a value
+//!   lockattr did not write is treated as busy and never written to.
 //! * **Reentrancy.** Under [`LockRequest::run`] and the attribute, a nested call in the same task
 //!   for a key the task already holds enters at once.
 //! * **Escaped, namespaced keys.** See [Keys](#keys).
@@ -83,9 +90,8 @@
 //! # Keys
 //!
 //! The lock `party:42` of a locker with namespace `lock` (the default) is the Redis key
-//! `lock:{party:42}`. Its fencing counter is `lock:{party:42}:fence` and its release channel
-//! `lock:{party:42}:released`: all share the hash tag `{party:42}`, so they live in one Redis
-//! Cluster slot. In a key, `%`, `{`, `}` and control characters are written `%XX` (their UTF-8
+//! `lock:{party:42}`, and its release channel is `lock:{party:42}:released`: both share the
+//! hash tag `{party:42}`, so they live in one Redis Cluster slot. In a key, `%`, `{`, `}` and control characters are written `%XX` (their UTF-8
 //! bytes in hex); in a value substituted into an attribute template, `:` is escaped as well.
 //! So escaping is injective: `key = "party:<id>"` with `id = "1:2"` locks `party:1%3A2`, which
 //! no other template or value can produce, and no value can break out of the hash tag. A key
@@ -123,19 +129,17 @@
 //!   Redis without failover for locks that must never be granted twice, or check fencing
 //!   tokens in storage.
 //! * **Restart without persistence.** A Redis restarted without persistence forgets every
-//!   lock (holders see [`Error::Lost`] at their next renewal) and every fencing counter. A
-//!   forgotten counter starts again from Redis's clock in microseconds, which is above every
-//!   token handed out before, so storage that checks fencing tokens keeps accepting the new
-//!   holders, unless Redis's wall clock was set back in between.
-//! * **Clocks.** Redis expires keys by its own clock. The guard considers the lease over at
-//!   `time the acquire was sent + lease` by the local monotonic clock, which is never later than
-//!   Redis's expiry unless the clocks' rates differ grossly.
-//! * **Fencing counter lifetime.** A key's counter lives [`LockerBuilder::fence_ttl`] (7 days
-//!   by default) from its creation, whether the key is in use or not. When it is gone, the next
-//!   acquisition starts it from Redis's clock in microseconds (about 1.8 × 10¹⁵ in 2026): tokens
-//!   keep increasing as long as a counter counts slower than one acquisition per microsecond
-//!   (it always does) and Redis's wall clock is not set back by about the counter's age. Tokens
-//!   fit in a `u64` and in a signed 64-bit database column.
+//!   lock (holders see [`Error::Lost`] at their next renewal). Fencing tokens need no state in
+//!   Redis, so they keep increasing across the restart.
+//! * **Clocks.** Redis expires keys by its own wall clock, and fencing tokens are that clock
+//!   in microseconds (about 1.8 × 10¹⁵ in 2026; they fit a `u64` and a signed 64-bit database
+//!   column). A token is always above the previous holder's, because a whole client round trip
+//!   separates the two acquisitions, unless the Redis host's clock is *set back*: then a key
+//!   taken again within that step can get a smaller token. A clock set *forward* ends leases
+//!   early. Run Redis for locks on a host whose clock is slewed, not stepped (the NTP and chrony
+//!   defaults after the first sync). The guard considers the lease over at its deadline by the
+//!   local monotonic clock (see [`LockGuard`]), never later than Redis's expiry unless the two
+//!   clocks' rates differ grossly.
 //!
 //! # Features
 //!
@@ -143,18 +147,33 @@
 //!   facade (names in the `observe` module docs). Tracing events are always emitted
 //!   (target `lockattr`).
 
-mod context;
-mod default;
+// The modules form layers; each imports only from the ones above it in this list.
+mod config;
 mod error;
-mod guard;
 mod key;
-mod locker;
 mod observe;
-mod pubsub;
-mod queue;
-mod renewal;
-mod request;
+mod sync;
+
+mod lease;
+mod protocol;
 mod scripts;
+mod store;
+
+mod queue;
+mod upkeep;
+
+mod acquire;
+mod core;
+mod release;
+mod wait;
+
+mod context;
+mod guard;
+mod inspect;
+mod request;
+
+mod default;
+mod locker;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -164,6 +183,7 @@ pub use context::fencing_token;
 pub use default::{clear_default, default_locker, set_default};
 pub use error::Error;
 pub use guard::LockGuard;
+pub use inspect::LockInfo;
 pub use key::MAX_KEY_LEN;
 pub use locker::{Locker, LockerBuilder};
 pub use request::LockRequest;

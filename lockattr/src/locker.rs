@@ -1,20 +1,18 @@
-//! `Locker`: the handle users create once and clone everywhere.
+//! `Locker`: the handle users create once and clone everywhere, and its builder.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-use crate::key::{validate_namespace, LockKey, RedisNames};
-use crate::pubsub::Hub;
-use crate::queue::KeyLocal;
-use crate::renewal::{SchedulerTask, Timers};
+use crate::config::Config;
+use crate::core::Core;
+use crate::inspect::LockInfo;
+use crate::key::{LockKey, RedisNames};
 use crate::request::LockRequest;
+use crate::store::Store;
 use crate::Error;
 
-/// A handle to a Redis server for taking locks.
+/// A handle to a Redis deployment for taking locks.
 ///
 /// Create one per process (or per Redis) with [`Locker::connect`] or [`Locker::builder`] and
 /// clone it freely: clones are cheap (`Arc`) and share the Redis connection, the pub/sub
@@ -23,7 +21,8 @@ use crate::Error;
 ///
 /// The command connection is a redis-rs `ConnectionManager`: after Redis restarts or the
 /// connection breaks, it reconnects by itself. While Redis is unreachable every operation fails
-/// with [`Error::Redis`] within the operation timeout (2 s by default); nothing hangs.
+/// with [`Error::Redis`] or [`Error::OperationTimeout`] within the operation timeout (2 s by
+/// default); nothing hangs.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), lockattr::Error> {
@@ -45,72 +44,16 @@ use crate::Error;
 /// ```
 #[derive(Clone)]
 pub struct Locker {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) conn: ConnectionManager,
-    pub(crate) config: Config,
-    pub(crate) hub: Hub,
-    /// Per-key local state (holder flag and FIFO of waiting tasks), keyed by the lock's Redis
-    /// name. An entry exists only while a task of this process holds or wants the key.
-    pub(crate) keys: Mutex<HashMap<Arc<str>, KeyLocal>>,
-    /// Lease upkeep of every lock held through this locker.
-    pub(crate) timers: Arc<Timers>,
-    _scheduler: SchedulerTask,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) namespace: String,
-    pub(crate) default_wait: Duration,
-    pub(crate) default_lease: Duration,
-    pub(crate) op_timeout: Duration,
-    pub(crate) handoff_limit: u32,
-    pub(crate) fence_ttl: Duration,
-}
-
-impl Config {
-    /// TTL of a fencing counter from its creation, in ms (see `scripts::ACQUIRE_LUA` for why
-    /// its expiry never makes tokens go backwards).
-    pub(crate) fn fence_ttl_ms(&self) -> u64 {
-        millis(self.fence_ttl)
-    }
-}
-
-/// Longest lease accepted: a lease bounds how long a crashed holder blocks everyone, and
-/// anything longer than this is a unit mistake, not a choice.
-pub(crate) const MAX_LEASE: Duration = Duration::from_secs(366 * 24 * 3600);
-
-/// Checks a lease: at least 1 ms (Redis's resolution), at most [`MAX_LEASE`].
-/// `what` names the lease in the error message (built only when the lease is refused).
-pub(crate) fn check_lease(lease: Duration, what: impl FnOnce() -> String) -> Result<(), Error> {
-    if lease < Duration::from_millis(1) || lease > MAX_LEASE {
-        return Err(Error::config(format!(
-            "{} is {lease:?}; a lease must be between 1 ms and 366 days",
-            what()
-        )));
-    }
-    Ok(())
-}
-
-/// Milliseconds, rounded up so that a sub-millisecond lease never becomes zero.
-pub(crate) fn millis(d: Duration) -> u64 {
-    let ms = d.as_millis();
-    let ms = if Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)) < d {
-        ms + 1
-    } else {
-        ms
-    };
-    u64::try_from(ms).unwrap_or(u64::MAX)
+    pub(crate) core: Arc<Core>,
 }
 
 impl fmt::Debug for Locker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.core.config;
         f.debug_struct("Locker")
-            .field("namespace", &self.inner.config.namespace)
-            .field("default_wait", &self.inner.config.default_wait)
-            .field("default_lease", &self.inner.config.default_lease)
+            .field("namespace", &c.namespace)
+            .field("default_wait", &c.default_wait)
+            .field("default_lease", &c.default_lease)
             .finish_non_exhaustive()
     }
 }
@@ -119,15 +62,31 @@ impl Locker {
     /// Connects with the default settings (namespace `lock`, wait 30 s, lease 30 s).
     ///
     /// # Errors
-    /// [`Error::Redis`] when the URL is malformed or Redis does not answer within the
-    /// operation timeout.
+    /// [`Error::Redis`] when the URL is malformed or Redis refuses the connection,
+    /// [`Error::OperationTimeout`] when it does not answer within the operation timeout.
     pub async fn connect(url: impl AsRef<str>) -> Result<Locker, Error> {
-        LockerBuilder::new(url.as_ref().to_owned()).build().await
+        Locker::builder(url.as_ref()).build().await
     }
 
     /// Starts configuring a `Locker` for the Redis at `url` (`redis://host:port/db`).
     pub fn builder(url: impl Into<String>) -> LockerBuilder {
-        LockerBuilder::new(url.into())
+        LockerBuilder::new(Target::Url(url.into()))
+    }
+
+    /// Starts configuring a `Locker` over a redis-rs client you built: for TLS with your own
+    /// CA or client certificates (`redis::Client::build_with_tls`), or any connection setting
+    /// a URL cannot express.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lockattr::Error> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let locker = lockattr::Locker::builder_with_client(client).build().await?;
+    /// # let _ = locker;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder_with_client(client: redis::Client) -> LockerBuilder {
+        LockerBuilder::new(Target::Client(Box::new(client)))
     }
 
     /// A request for the lock named `key`; `.await` it to wait for the lock, or call
@@ -146,7 +105,7 @@ impl Locker {
     /// [`LockGuard::release`](crate::LockGuard::release) when the next step depends on the lock
     /// being free.
     pub fn lock(&self, key: impl Into<String>) -> LockRequest {
-        LockRequest::new(self.clone(), LockKey::from_user(key.into()))
+        LockRequest::new(self.core.clone(), LockKey::from_user(key.into()))
     }
 
     /// Like [`lock`](Self::lock) with a zero wait: one attempt, `Err(Error::Timeout)` if the
@@ -157,7 +116,7 @@ impl Locker {
 
     /// The namespace prefixed to every Redis key of this locker.
     pub fn namespace(&self) -> &str {
-        &self.inner.config.namespace
+        &self.core.config.namespace
     }
 
     /// The Redis key that holds the lock `key` (for inspection and tests), e.g.
@@ -166,143 +125,94 @@ impl Locker {
     /// # Errors
     /// [`Error::InvalidKey`] as for [`lock`](Self::lock).
     pub fn redis_key(&self, key: &str) -> Result<String, Error> {
+        Ok(self.names(key)?.lock().to_owned())
+    }
+
+    fn names(&self, key: &str) -> Result<RedisNames, Error> {
         let key = LockKey::from_user(key.to_owned())?;
-        Ok(RedisNames::new(&self.inner.config.namespace, &key)
-            .lock()
-            .to_owned())
+        Ok(RedisNames::new(&self.core.config.namespace, &key))
     }
 
-    pub(crate) fn names(&self, key: &LockKey) -> RedisNames {
-        RedisNames::new(&self.inner.config.namespace, key)
-    }
-
-    /// A stable identity for "the same locker" (clones share it).
-    pub(crate) fn id(&self) -> usize {
-        Arc::as_ptr(&self.inner) as usize
-    }
-
-    /// Runs one script call with the operation timeout; a script Redis does not know (after a
-    /// restart or `SCRIPT FLUSH`) is loaded and the call sent once more.
-    pub(crate) async fn eval<T: redis::FromRedisValue>(
-        &self,
-        what: &'static str,
-        call: &crate::scripts::Call,
-    ) -> Result<T, Error> {
-        match self.query(what, &call.cmd).await {
-            Err(Error::Redis(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                let mut conn = self.inner.conn.clone();
-                self.bounded(what, call.script.prepare_invoke().load_async(&mut conn))
-                    .await?;
-                self.query(what, &call.cmd).await
-            }
-            other => other,
-        }
-    }
-
-    /// Sends one command with the operation timeout.
-    pub(crate) async fn query<T: redis::FromRedisValue>(
-        &self,
-        what: &'static str,
-        cmd: &redis::Cmd,
-    ) -> Result<T, Error> {
-        let mut conn = self.inner.conn.clone();
-        self.bounded(what, cmd.query_async(&mut conn)).await
-    }
-
-    /// Sends a pipeline with the operation timeout.
-    pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
-        &self,
-        what: &'static str,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, Error> {
-        let mut conn = self.inner.conn.clone();
-        self.bounded(what, pipe.query_async(&mut conn)).await
-    }
-
-    async fn bounded<T>(
-        &self,
-        what: &'static str,
-        request: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Error> {
-        let timeout = self.inner.config.op_timeout;
-        match tokio::time::timeout(timeout, request).await {
-            Ok(r) => r.map_err(Error::Redis),
-            Err(_) => Err(Error::redis_timeout(what, timeout)),
-        }
-    }
-
-    /// Releases the lock if `token` owns it (see `scripts::RELEASE` for the answer). Retried
-    /// once when the connection broke under it: a compare-and-delete is safe to repeat.
-    pub(crate) async fn release_token(
-        &self,
-        names: &RedisNames,
-        token: &str,
-    ) -> Result<i64, Error> {
-        let release = crate::scripts::release(names, token);
-        match self.eval("release", &release).await {
-            Err(e) if e.is_connection_dropped() => self.eval("release", &release).await,
-            other => other,
-        }
-    }
-
-    /// Withdraws, in the background, a token that may hold the lock or be its registered waiter
-    /// (an acquire attempt or a waiter that went away; see `scripts::WITHDRAW_LUA`).
-    pub(crate) fn spawn_withdraw(&self, names: Arc<RedisNames>, token: String) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return; // without a runtime, the lock or the registration expires by itself
+    /// What Redis holds for the lock `key` right now: `None` when nobody holds it, else who
+    /// holds it and how (see [`LockInfo`]). One round trip; a snapshot that may be out of date
+    /// by the time it is read.
+    ///
+    /// ```no_run
+    /// # async fn demo(locker: lockattr::Locker) -> Result<(), lockattr::Error> {
+    /// match locker.inspect("party:42").await? {
+    ///     None => println!("free"),
+    ///     Some(info) => println!(
+    ///         "held for another {:?}, fencing token {:?}, waiters: {}",
+    ///         info.remaining_lease, info.fencing_token, info.contended
+    ///     ),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] as for [`lock`](Self::lock); [`Error::Redis`] or
+    /// [`Error::OperationTimeout`] when Redis fails.
+    pub async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, Error> {
+        let names = self.names(key)?;
+        let store = &self.core.store;
+        let Some((value, pttl)) = store.inspect(&names, store.deadline()).await? else {
+            return Ok(None);
         };
-        let locker = self.clone();
-        rt.spawn(async move {
-            let withdraw = crate::scripts::withdraw(&names, &token);
-            let _ = locker.eval::<i64>("withdraw", &withdraw).await;
-        });
+        let local_waiters = self.core.queues.waiting(names.lock()).unwrap_or(0);
+        let local = self.core.queues.holder(names.lock());
+        Ok(Some(LockInfo::from_store(
+            &value,
+            pttl,
+            local_waiters,
+            local.as_ref().map(|(t, f)| (t.as_str(), *f)),
+        )))
     }
 
-    /// Releases, in the background, the lock under any of `tokens` (used when an operation's
-    /// outcome is unknown, so that no token that may own the key is left behind), then runs
-    /// `then`.
-    pub(crate) fn spawn_release(
-        &self,
-        names: Arc<RedisNames>,
-        tokens: Vec<String>,
-        then: impl FnOnce() + Send + 'static,
-    ) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            then();
-            return;
-        };
-        let locker = self.clone();
-        rt.spawn(async move {
-            for token in &tokens {
-                let _ = locker.release_token(&names, token).await;
-            }
-            then();
-        });
+    /// Deletes the lock `key` whoever holds it: an administrative unlock, for a lock whose
+    /// holder is stuck. Returns `true` when a lock was deleted, `false` when there was none (or
+    /// the key holds a value lockattr did not write, which is left alone).
+    ///
+    /// The holder is not asked: it finds out at its next renewal or at its release and then
+    /// sees [`Error::Lost`] (its critical section is cancelled under `run` and the attribute),
+    /// but until then it runs on believing it holds the lock, while a waiter, which is woken at
+    /// once, may enter. Use it when the holder is known to be gone or stuck, and prefer fencing
+    /// tokens in the storage the lock protects.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] as for [`lock`](Self::lock); [`Error::Redis`] or
+    /// [`Error::OperationTimeout`] when Redis fails.
+    pub async fn force_unlock(&self, key: &str) -> Result<bool, Error> {
+        let names = self.names(key)?;
+        let store = &self.core.store;
+        let deleted = store.force_unlock(&names, store.deadline()).await?;
+        if deleted == 1 {
+            tracing::warn!(target: "lockattr", key, "lock deleted by force_unlock");
+        }
+        Ok(deleted == 1)
     }
+}
+
+/// Where a builder connects to.
+#[derive(Debug, Clone)]
+enum Target {
+    Url(String),
+    Client(Box<redis::Client>),
 }
 
 /// Settings for a [`Locker`]; create it with [`Locker::builder`].
 #[derive(Debug, Clone)]
 #[must_use = "call .build().await to connect"]
 pub struct LockerBuilder {
-    url: String,
+    target: Target,
     config: Config,
 }
 
 impl LockerBuilder {
-    fn new(url: String) -> Self {
+    fn new(target: Target) -> Self {
         LockerBuilder {
-            url,
-            config: Config {
-                namespace: "lock".to_owned(),
-                default_wait: Duration::from_secs(30),
-                default_lease: Duration::from_secs(30),
-                op_timeout: Duration::from_secs(2),
-                handoff_limit: 16,
-                fence_ttl: Duration::from_secs(7 * 24 * 3600),
-            },
+            target,
+            config: Config::default(),
         }
     }
 
@@ -327,29 +237,27 @@ impl LockerBuilder {
         self
     }
 
-    /// Longest time any single Redis operation may take, connecting included (default 2 s).
-    /// When Redis is down, requests fail with [`Error::Redis`] within this time.
+    /// Longest time a Redis operation may take, connecting included (default 2 s). When Redis
+    /// is down or stalls, requests fail with [`Error::Redis`] or [`Error::OperationTimeout`]
+    /// within this time of Redis's last answer.
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.config.op_timeout = timeout;
         self
     }
 
     /// How many times in a row a lock may be handed from one task of this process directly to
-    /// another waiting task (no release, no wait for Redis) before it is released in Redis so that
+    /// another waiting task (no release, one round trip) before it is released in Redis so that
     /// other processes get a chance (default 16; 0 disables in-process handoff).
     pub fn handoff_limit(mut self, limit: u32) -> Self {
         self.config.handoff_limit = limit;
         self
     }
 
-    /// How long a per-key fencing counter lives from its creation (default 7 days). When it has
-    /// expired, the next acquisition of the key starts the counter from Redis's clock in
-    /// microseconds, which is above every token the old counter handed out: tokens keep
-    /// increasing across counters (see the crate docs for the one caveat, a Redis wall clock set
-    /// back). Shorter values only mean more counter restarts; the TTL exists so that counters of
-    /// keys nobody locks any more do not stay in Redis forever.
-    pub fn fence_ttl(mut self, ttl: Duration) -> Self {
-        self.config.fence_ttl = ttl;
+    /// Has no effect: fencing tokens no longer use a per-key counter (they come from Redis's
+    /// clock, see the crate docs), so there is no counter to expire.
+    #[deprecated(note = "fencing tokens no longer use a per-key counter in Redis; remove the call")]
+    pub fn fence_ttl(self, ttl: Duration) -> Self {
+        let _ = ttl;
         self
     }
 
@@ -357,66 +265,18 @@ impl LockerBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a bad namespace or zero durations, [`Error::Redis`] when
-    /// the URL is malformed or Redis does not answer within the operation timeout.
+    /// the URL is malformed or Redis refuses, [`Error::OperationTimeout`] when Redis does not
+    /// answer within the operation timeout.
     pub async fn build(self) -> Result<Locker, Error> {
         let config = self.config;
-        validate_namespace(&config.namespace)?;
-        check_lease(config.default_lease, || "the default lease".to_owned())?;
-        if config.op_timeout.is_zero() {
-            return Err(Error::config("the operation timeout must not be zero"));
-        }
-        if config.fence_ttl < Duration::from_secs(1) {
-            return Err(Error::config(
-                "the fencing counter TTL must be at least 1 s",
-            ));
-        }
-        let client = redis::Client::open(self.url.as_str())?;
-        // No response timeout inside redis-rs: `bounded` puts the operation timeout around
-        // every call already (reconnect waits included), and a second timer per command costs
-        // measurable time on the uncontended path.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.op_timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(200));
-        let connect = ConnectionManager::new_with_config(client.clone(), manager_config);
-        let mut conn = match tokio::time::timeout(config.op_timeout, connect).await {
-            Ok(conn) => conn?,
-            Err(_) => return Err(Error::redis_timeout("connect", config.op_timeout)),
+        config.check()?;
+        let client = match self.target {
+            Target::Url(url) => redis::Client::open(url.as_str())?,
+            Target::Client(client) => *client,
         };
-        let mut load = redis::pipe();
-        for script in crate::scripts::all() {
-            load.cmd("SCRIPT").arg("LOAD").arg(script);
-        }
-        // Loading is an optimisation (first use skips the NOSCRIPT round trip); scripts are
-        // reloaded on demand after a Redis restart anyway.
-        let _ = tokio::time::timeout(config.op_timeout, load.exec_async(&mut conn)).await;
-        let hub = Hub::start(client, config.op_timeout);
-        let timers = Arc::new(Timers::new());
-        let scheduler = SchedulerTask(tokio::spawn(timers.clone().run()));
+        let store = Store::standalone(client, config.op_timeout).await?;
         Ok(Locker {
-            inner: Arc::new(Inner {
-                conn,
-                config,
-                hub,
-                keys: Mutex::new(HashMap::new()),
-                timers,
-                _scheduler: scheduler,
-            }),
+            core: Core::new(store, config),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn millis_round_up() {
-        assert_eq!(millis(Duration::from_micros(1)), 1);
-        assert_eq!(millis(Duration::from_millis(5)), 5);
-        assert_eq!(millis(Duration::from_micros(5001)), 6);
-        assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 }

@@ -136,7 +136,7 @@ pub async fn run<F: Future>(
     options: Options,
     fut: F,
 ) -> Result<F::Output, Error> {
-    let mut req = crate::LockRequest::new(locker, key.0.finish()).renew(options.renew);
+    let mut req = crate::LockRequest::new(locker.core.clone(), key.0.finish()).renew(options.renew);
     if let Some(w) = options.wait {
         req = req.wait(w);
     }

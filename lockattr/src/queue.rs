@@ -1,81 +1,108 @@
-//! The local side of a lock: one "slot" per key per `Locker`, and a FIFO of the tasks waiting
-//! for it.
+//! The local side of a lock: one *slot* per key per `Locker`, and a FIFO of the tasks of this
+//! process waiting for it.
 //!
-//! Whoever owns the slot either holds the lock in Redis or is the one task of this process
-//! that talks to Redis for it (the contender). Every other task of the process waits in the
-//! FIFO and costs Redis nothing. When the slot's owner finishes, the slot passes to the head of
-//! the FIFO: either with the lock still held (an in-process handoff, see `guard.rs`) or as the
-//! right to contend.
+//! Whoever owns the slot either holds the lock in the store or is the one task of this process
+//! that talks to the store for it (the contender). Every other task of the process waits in the
+//! FIFO and costs the store nothing. When the slot's owner is done, the slot passes to the head
+//! of the FIFO: either with the lock still held (an in-process handoff, see `release`) or as
+//! the right to contend.
 //!
-//! The slot is a value with a `Drop` that passes it on, so it cannot be lost: a task that is
-//! cancelled, times out or panics while owning it hands it to the next waiter.
+//! The slot is a value whose `Drop` passes it on, so it cannot be lost: a task that is
+//! cancelled, times out or panics while owning it hands it to the next waiter, and so does a
+//! lock that is lost (see `upkeep`).
+//!
+//! The queue does not know what a held lock is: it carries the caller's `T` (a held lock whose
+//! own `Drop` releases it, so a lock handed to a waiter that has just left is not leaked).
 
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::guard::LockGuard;
-use crate::locker::Locker;
-use crate::pubsub::Subscription;
+use crate::store::Subscription;
+use crate::sync::lock;
 
-/// Local state of one key while any task of this process holds or wants it.
-#[derive(Debug, Default)]
-pub(crate) struct KeyLocal {
-    pub(crate) waiters: VecDeque<Waiter>,
+/// Every key this process holds or wants, through one `Locker`.
+pub(crate) struct Queues<T> {
+    /// Keyed by the lock's name in the store. An entry exists only while a task holds or wants
+    /// the key.
+    map: Mutex<HashMap<Arc<str>, KeyLocal<T>>>,
+    /// How many times in a row a lock may be handed to a local waiter (see
+    /// [`Slot::next_for_handoff`]).
+    handoff_limit: u32,
+    next_waiter: AtomicU64,
+}
+
+impl<T> fmt::Debug for Queues<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queues")
+            .field("keys", &lock(&self.map).len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct KeyLocal<T> {
+    waiters: VecDeque<Waiter<T>>,
+    /// The token and fencing token of this process's holder, while one holds the lock (for
+    /// inspection: the fast path does not write the fencing token into the store).
+    holder: Option<(String, u64)>,
 }
 
 /// A task waiting for the slot.
-#[derive(Debug)]
-pub(crate) struct Waiter {
+pub(crate) struct Waiter<T> {
     id: u64,
-    tx: oneshot::Sender<Baton>,
+    tx: oneshot::Sender<Baton<T>>,
     /// The lease and renewal the waiter asked for, used when the lock is handed to it.
     pub(crate) lease: Duration,
     pub(crate) renew: bool,
 }
 
-impl Waiter {
+impl<T> fmt::Debug for Waiter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a waiter receives.
+pub(crate) enum Baton<T> {
+    /// The lock, already held in the store under a token of the waiter's own.
+    Held(T),
+    /// The slot without the lock: the waiter now contends in the store.
+    Contend(Slot<T>),
+}
+
+impl<T> Waiter<T> {
     /// Hands the lock to the waiter, or returns it when the waiter is gone.
-    pub(crate) fn give_lock(self, guard: LockGuard) -> Result<(), LockGuard> {
-        match self.tx.send(Baton::Held(guard)) {
-            Err(Baton::Held(guard)) => Err(guard),
+    pub(crate) fn give_lock(self, held: T) -> Result<(), T> {
+        match self.tx.send(Baton::Held(held)) {
+            Err(Baton::Held(held)) => Err(held),
             // `send` returns exactly what it was given.
             Err(Baton::Contend(_)) | Ok(()) => Ok(()),
         }
     }
 
-    /// Gives the slot to the waiter, or returns it when the waiter is gone.
-    pub(crate) fn give_slot(self, slot: Slot) -> Result<(), Slot> {
-        match self.tx.send(Baton::Contend(slot)) {
-            Err(Baton::Contend(slot)) => Err(slot),
-            Err(Baton::Held(_)) | Ok(()) => Ok(()),
-        }
+    /// Gives the slot to the waiter, or drops it (which passes it on) when the waiter is gone.
+    pub(crate) fn give_slot(self, slot: Slot<T>) {
+        // A slot that comes back is dropped here, outside any lock: its `Drop` passes it on.
+        let _ = self.tx.send(Baton::Contend(slot));
     }
 }
 
-/// What a waiter receives.
-#[derive(Debug)]
-pub(crate) enum Baton {
-    /// The lock, already held in Redis under a token of the waiter's own.
-    Held(LockGuard),
-    /// The slot without the lock: the waiter now contends in Redis.
-    Contend(Slot),
-}
-
 /// Ownership of a key's slot. Dropping it passes it on.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub(crate) locker: Locker,
-    /// The lock's Redis name, shared with the map entry.
-    pub(crate) name: Arc<str>,
-    /// Handoffs since the lock was last taken from free in Redis (it travels with the slot).
+pub(crate) struct Slot<T> {
+    queues: Arc<Queues<T>>,
+    /// The lock's name in the store, shared with the map entry.
+    name: Arc<str>,
+    /// Handoffs since the lock was last taken from free in the store (it travels with the slot).
     handoffs_in_row: u32,
-    /// The release-channel subscription, kept while contending and passed along with the
-    /// slot so that a contention episode subscribes once.
+    /// The release-channel subscription, kept while contending and passed along with the slot
+    /// so that one contention episode subscribes once.
     pub(crate) sub: Option<Subscription>,
     /// Set by a release that woke waiters of other processes: the next local contender
     /// subscribes before its first attempt instead of racing them (cross-process fairness).
@@ -83,83 +110,107 @@ pub(crate) struct Slot {
     armed: bool,
 }
 
-pub(crate) fn lock_keys(locker: &Locker) -> MutexGuard<'_, HashMap<Arc<str>, KeyLocal>> {
-    // Every update of the map is a single step that leaves it consistent; a panic elsewhere
-    // while it was locked does not make it unusable.
-    locker
-        .inner
-        .keys
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+impl<T> fmt::Debug for Slot<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("name", &self.name)
+            .field("handoffs_in_row", &self.handoffs_in_row)
+            .finish_non_exhaustive()
+    }
 }
 
-static NEXT_WAITER: AtomicU64 = AtomicU64::new(1);
-
 /// How a request enters the local queue.
-pub(crate) enum Entry {
+pub(crate) enum Entry<T> {
     /// The slot was free: the caller owns it now.
-    Slot(Slot),
+    Slot(Slot<T>),
     /// Another task owns the slot; wait on the ticket.
-    Queued(Ticket),
+    Queued(Ticket<T>),
     /// Another task owns the slot and the caller does not want to wait.
     Busy,
 }
 
 /// A place in the FIFO. Dropping it leaves the queue; a baton that was already sent to it is
 /// dropped with it, which passes the slot (or releases the handed-over lock) on.
-#[derive(Debug)]
-pub(crate) struct Ticket {
-    locker: Locker,
+pub(crate) struct Ticket<T> {
+    queues: Arc<Queues<T>>,
     name: Arc<str>,
     id: u64,
-    pub(crate) rx: Option<oneshot::Receiver<Baton>>,
+    pub(crate) rx: Option<oneshot::Receiver<Baton<T>>>,
 }
 
-pub(crate) fn enter(
-    locker: &Locker,
-    name: &str,
-    wait: bool,
-    lease: Duration,
-    renew: bool,
-) -> Entry {
-    let mut keys = lock_keys(locker);
-    if let Some(local) = keys.get_mut(name) {
-        if !wait {
-            return Entry::Busy;
-        }
-        let (tx, rx) = oneshot::channel();
-        let id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
-        local.waiters.push_back(Waiter {
-            id,
-            tx,
-            lease,
-            renew,
-        });
-        return Entry::Queued(Ticket {
-            locker: locker.clone(),
-            name: Arc::from(name),
-            id,
-            rx: Some(rx),
-        });
+impl<T> Queues<T> {
+    pub(crate) fn new(handoff_limit: u32) -> Arc<Self> {
+        Arc::new(Queues {
+            map: Mutex::new(HashMap::new()),
+            handoff_limit,
+            next_waiter: AtomicU64::new(1),
+        })
     }
-    let name: Arc<str> = Arc::from(name);
-    keys.insert(name.clone(), KeyLocal::default());
-    drop(keys);
-    Entry::Slot(Slot {
-        locker: locker.clone(),
-        name,
-        handoffs_in_row: 0,
-        sub: None,
-        yield_first: false,
-        armed: true,
-    })
+
+    /// Enters the queue of the lock `name`: owns the slot at once if nobody else of this process
+    /// holds or wants it, else queues (or refuses, when `wait` is false).
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        name: &str,
+        wait: bool,
+        lease: Duration,
+        renew: bool,
+    ) -> Entry<T> {
+        let mut map = lock(&self.map);
+        if let Some(local) = map.get_mut(name) {
+            if !wait {
+                return Entry::Busy;
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+            local.waiters.push_back(Waiter {
+                id,
+                tx,
+                lease,
+                renew,
+            });
+            return Entry::Queued(Ticket {
+                queues: self.clone(),
+                name: Arc::from(name),
+                id,
+                rx: Some(rx),
+            });
+        }
+        let name: Arc<str> = Arc::from(name);
+        map.insert(
+            name.clone(),
+            KeyLocal {
+                waiters: VecDeque::new(),
+                holder: None,
+            },
+        );
+        drop(map);
+        Entry::Slot(Slot {
+            queues: self.clone(),
+            name,
+            handoffs_in_row: 0,
+            sub: None,
+            yield_first: false,
+            armed: true,
+        })
+    }
+
+    /// How many tasks wait locally for `name` (for inspection).
+    pub(crate) fn waiting(&self, name: &str) -> Option<usize> {
+        lock(&self.map).get(name).map(|l| l.waiters.len())
+    }
+
+    /// The token and fencing token of this process's holder of `name`, if one holds it.
+    pub(crate) fn holder(&self, name: &str) -> Option<(String, u64)> {
+        lock(&self.map).get(name).and_then(|l| l.holder.clone())
+    }
 }
 
-impl Drop for Ticket {
+impl<T> Drop for Ticket<T> {
     fn drop(&mut self) {
         {
-            let mut keys = lock_keys(&self.locker);
-            if let Some(local) = keys.get_mut(&*self.name) {
+            let mut map = lock(&self.queues.map);
+            if let Some(local) = map.get_mut(&*self.name) {
                 if let Some(pos) = local.waiters.iter().position(|w| w.id == self.id) {
                     local.waiters.remove(pos);
                 }
@@ -170,13 +221,13 @@ impl Drop for Ticket {
     }
 }
 
-impl Slot {
+impl<T> Slot<T> {
     /// Takes the next waiter for an in-process handoff, if the handoff budget allows one.
-    pub(crate) fn next_for_handoff(&mut self) -> Option<Waiter> {
-        if self.handoffs_in_row >= self.locker.inner.config.handoff_limit {
+    pub(crate) fn next_for_handoff(&mut self) -> Option<Waiter<T>> {
+        if self.handoffs_in_row >= self.queues.handoff_limit {
             return None;
         }
-        let w = lock_keys(&self.locker)
+        let w = lock(&self.queues.map)
             .get_mut(&*self.name)?
             .waiters
             .pop_front()?;
@@ -184,57 +235,135 @@ impl Slot {
         Some(w)
     }
 
-    /// Records that the lock was taken from free in Redis (a new handoff chain starts).
-    pub(crate) fn taken_from_free(&mut self) {
-        self.handoffs_in_row = 0;
+    /// Records who holds the lock now (see [`Queues::holder`]).
+    pub(crate) fn set_holder(&self, token: &str, fence: u64) {
+        if let Some(local) = lock(&self.queues.map).get_mut(&*self.name) {
+            local.holder = Some((token.to_owned(), fence));
+        }
     }
 
-    /// Moves the slot into a new value (used when it travels inside a baton).
-    pub(crate) fn take(&mut self) -> Slot {
-        self.armed = false;
-        Slot {
-            locker: self.locker.clone(),
-            name: self.name.clone(),
-            handoffs_in_row: self.handoffs_in_row,
-            sub: self.sub.take(),
-            yield_first: self.yield_first,
-            armed: true,
-        }
+    /// Records that the lock was taken from free in the store (a new handoff chain starts).
+    pub(crate) fn taken_from_free(&mut self) {
+        self.handoffs_in_row = 0;
+        self.sub = None;
     }
 }
 
-impl Drop for Slot {
+impl<T> Drop for Slot<T> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
         self.armed = false;
         let mut sub = self.sub.take();
-        let mut keys = lock_keys(&self.locker);
-        let MapEntry::Occupied(mut local) = keys.entry(self.name.clone()) else {
+        let mut map = lock(&self.queues.map);
+        let MapEntry::Occupied(mut local) = map.entry(self.name.clone()) else {
             return;
         };
+        local.get_mut().holder = None;
         while let Some(w) = local.get_mut().waiters.pop_front() {
             let slot = Slot {
-                locker: self.locker.clone(),
+                queues: self.queues.clone(),
                 name: self.name.clone(),
                 handoffs_in_row: 0,
                 sub: sub.take(),
                 yield_first: self.yield_first,
                 armed: true,
             };
-            match w.give_slot(slot) {
+            match w.tx.send(Baton::Contend(slot)) {
                 Ok(()) => return,
-                Err(mut back) => {
+                Err(Baton::Contend(mut back)) => {
                     // The waiter is gone; keep the slot for the next one without running its
-                    // Drop (we hold the map lock).
+                    // `Drop` (we hold the map lock).
                     back.armed = false;
                     sub = back.sub.take();
                 }
+                Err(Baton::Held(_)) => unreachable!("`send` returns what it was given"),
             }
         }
         local.remove();
-        drop(keys);
+        drop(map);
         drop(sub);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues() -> Arc<Queues<u32>> {
+        Queues::new(2)
+    }
+
+    #[test]
+    fn the_first_owns_the_slot_the_others_queue() {
+        let q = queues();
+        let Entry::Slot(slot) = q.enter("k", true, Duration::from_secs(1), true) else {
+            panic!("first");
+        };
+        assert!(matches!(
+            q.enter("k", false, Duration::from_secs(1), true),
+            Entry::Busy
+        ));
+        let Entry::Queued(mut ticket) = q.enter("k", true, Duration::from_secs(1), true) else {
+            panic!("second");
+        };
+        assert_eq!(q.waiting("k"), Some(1));
+        drop(slot);
+        let baton = ticket.rx.as_mut().unwrap().try_recv().unwrap();
+        assert!(matches!(baton, Baton::Contend(_)));
+        drop(baton);
+        assert_eq!(q.waiting("k"), None, "the last owner removes the entry");
+    }
+
+    #[test]
+    fn a_departed_waiter_is_skipped() {
+        let q = queues();
+        let Entry::Slot(slot) = q.enter("k", true, Duration::from_secs(1), true) else {
+            panic!()
+        };
+        let Entry::Queued(gone) = q.enter("k", true, Duration::from_secs(1), true) else {
+            panic!()
+        };
+        let Entry::Queued(mut next) = q.enter("k", true, Duration::from_secs(1), true) else {
+            panic!()
+        };
+        drop(gone);
+        drop(slot);
+        assert!(matches!(
+            next.rx.as_mut().unwrap().try_recv(),
+            Ok(Baton::Contend(_))
+        ));
+    }
+
+    #[test]
+    fn handoffs_are_bounded_and_a_lock_comes_back_from_a_departed_waiter() {
+        let q = queues();
+        let Entry::Slot(mut slot) = q.enter("k", true, Duration::from_secs(1), true) else {
+            panic!()
+        };
+        let mut tickets: Vec<_> = (0..3)
+            .map(
+                |_| match q.enter("k", true, Duration::from_secs(1), false) {
+                    Entry::Queued(t) => t,
+                    _ => panic!(),
+                },
+            )
+            .collect();
+        let w = slot.next_for_handoff().unwrap();
+        assert!(!w.renew);
+        assert_eq!(w.give_lock(7), Ok(()));
+        let mut rx = tickets.remove(0).rx.take().unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Baton::Held(7))));
+        let w = slot.next_for_handoff().unwrap();
+        drop(tickets.remove(0));
+        assert_eq!(
+            w.give_lock(8),
+            Err(8),
+            "the waiter left: the lock comes back"
+        );
+        assert!(slot.next_for_handoff().is_none(), "budget of 2 used up");
+        slot.taken_from_free();
+        assert!(slot.next_for_handoff().is_some());
     }
 }

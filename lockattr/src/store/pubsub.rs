@@ -1,52 +1,26 @@
-//! One pub/sub connection per `Locker` (shared by its clones), and one reference-counted
-//! subscription per contended lock.
-//!
-//! A process subscribes to a lock's release channel only while one of its tasks contends for
-//! that lock in Redis (the local queue keeps that to one task per key), so a busy key costs one
-//! `SUBSCRIBE` per contention episode, not one per waiter. The connection is opened on first use
-//! and reopened after a disconnect; every subscriber is woken when it comes back, because a
-//! release published while it was down was lost.
+//! The Redis side of release announcements: one pub/sub connection per `Locker` (shared by its
+//! clones), opened on first use and reopened after a disconnect; every listener is woken when
+//! it comes back, because a release published while it was down was lost.
 //!
 //! All `SUBSCRIBE`/`UNSUBSCRIBE` commands go through one task, in order, so an unsubscribe for a
 //! channel that was re-subscribed in the meantime is never sent after the new subscribe.
 //!
 //! The connection speaks RESP3, and announcements are delivered by a push callback that redis-rs
-//! calls on its connection task as the message is read: it wakes the waiting contender directly.
-//! (With RESP2 pub/sub, redis-rs forwards each message through a channel to a stream, and a
-//! reader task of ours would have to pass it on: two task hand-offs on the path from a release
-//! in another process to the next attempt, measured in `lockbench`'s cross-process handoff.)
-//! RESP3 needs Redis 6 or newer; against an older Redis the connection fails and waiters fall
-//! back to their timers.
+//! calls on its connection task as the message is read: it wakes the waiting contender directly
+//! (with RESP2 pub/sub every message would pass through a stream and a reader task of ours: two
+//! task hand-offs on the path from a release in another process to the next attempt). RESP3
+//! needs Redis 6 or newer; against an older Redis the connection fails and waiters fall back to
+//! their timers.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
-#[derive(Debug, Default)]
-struct Channels {
-    map: HashMap<String, Entry>,
-}
-
-#[derive(Debug)]
-struct Entry {
-    refs: usize,
-    notify: Arc<Notify>,
-    /// The latest announcement not yet looked at (see [`Announcement`]).
-    last: Option<Announcement>,
-}
-
-/// What a release announced (see `scripts` for the grant protocol).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Announcement {
-    /// The lock was released and is free.
-    Released,
-    /// The lock was granted to the waiter registered with this token, with this fencing token.
-    Granted { token: String, fence: u64 },
-}
+use super::channels::{Channels, Subscription, SubscriptionCmd};
+use crate::protocol::Announcement;
 
 #[derive(Debug)]
 enum Cmd {
@@ -55,38 +29,31 @@ enum Cmd {
     Disconnected(u64),
 }
 
-/// The pub/sub side of a `Locker`.
+/// The pub/sub side of a Redis store.
 #[derive(Debug)]
 pub(crate) struct Hub {
-    channels: Arc<Mutex<Channels>>,
+    channels: Arc<Channels>,
     cmds: mpsc::UnboundedSender<Cmd>,
+    /// Forwards the last listener's departure to the hub's task.
+    unsub: mpsc::UnboundedSender<SubscriptionCmd>,
     op_timeout: Duration,
-}
-
-/// Interest in one release channel; dropping it unsubscribes when nobody else listens.
-#[derive(Debug)]
-pub(crate) struct Subscription {
-    channels: Arc<Mutex<Channels>>,
-    cmds: mpsc::UnboundedSender<Cmd>,
-    channel: String,
-    notify: Arc<Notify>,
-    /// Whether Redis confirmed the subscription; if not, waiters poll on a short timer.
-    pub(crate) confirmed: bool,
-}
-
-fn lock(m: &Mutex<Channels>) -> std::sync::MutexGuard<'_, Channels> {
-    // The map stays consistent even if a holder panicked: every update is a single insert or
-    // remove.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Hub {
     /// Starts the hub's task on the current runtime. The task ends when the hub is dropped.
-    pub(crate) fn start(client: redis::Client, op_timeout: Duration) -> Hub {
-        let channels = Arc::new(Mutex::new(Channels::default()));
+    pub(crate) fn start(client: &redis::Client, op_timeout: Duration) -> Hub {
+        let channels = Arc::new(Channels::default());
         let (tx, rx) = mpsc::unbounded_channel();
+        let (unsub, mut unsub_rx) = mpsc::unbounded_channel::<SubscriptionCmd>();
+        let forward = tx.downgrade();
+        tokio::spawn(async move {
+            while let Some(SubscriptionCmd::Unsubscribe(channel)) = unsub_rx.recv().await {
+                let Some(tx) = forward.upgrade() else { return };
+                let _ = tx.send(Cmd::Unsubscribe(channel));
+            }
+        });
         let task = HubTask {
-            client: resp3(&client),
+            client: resp3(client),
             channels: channels.clone(),
             cmds: tx.downgrade(),
             op_timeout,
@@ -98,6 +65,7 @@ impl Hub {
         Hub {
             channels,
             cmds: tx,
+            unsub,
             op_timeout,
         }
     }
@@ -105,76 +73,17 @@ impl Hub {
     /// Subscribes to `channel` and waits until Redis confirmed it (bounded by the operation
     /// timeout). Only after this returns may the caller retry its acquire: a release published
     /// before the confirmation is not delivered, the retry covers it.
-    pub(crate) async fn subscribe(&self, channel: &str) -> Subscription {
-        let notify = {
-            let mut ch = lock(&self.channels);
-            let entry = ch.map.entry(channel.to_owned()).or_insert_with(|| Entry {
-                refs: 0,
-                notify: Arc::new(Notify::new()),
-                last: None,
-            });
-            entry.refs += 1;
-            entry.notify.clone()
-        };
-        let mut sub = Subscription {
-            channels: self.channels.clone(),
-            cmds: self.cmds.clone(),
-            channel: channel.to_owned(),
-            notify,
-            confirmed: false,
-        };
+    pub(crate) async fn subscribe(&self, channel: String) -> Subscription {
+        let mut sub = Subscription::new(self.channels.clone(), Some(self.unsub.clone()), channel);
         let (tx, rx) = oneshot::channel();
-        if self
-            .cmds
-            .send(Cmd::Subscribe(channel.to_owned(), tx))
-            .is_ok()
-        {
+        let name = sub.channel().to_owned();
+        if self.cmds.send(Cmd::Subscribe(name, tx)).is_ok() {
             // The task bounds its own Redis calls; this timeout only guards a stuck task.
             if let Ok(Ok(ok)) = tokio::time::timeout(self.op_timeout * 2, rx).await {
                 sub.confirmed = ok;
             }
         }
         sub
-    }
-}
-
-impl Subscription {
-    /// Resolves on the next release announced on the channel (or a stored announcement that
-    /// arrived since the last call), and when the pub/sub connection was re-established.
-    pub(crate) async fn notified(&self) {
-        self.notify.notified().await;
-    }
-
-    /// The latest announcement since the last call, if any arrived.
-    pub(crate) fn take_announcement(&self) -> Option<Announcement> {
-        lock(&self.channels)
-            .map
-            .get_mut(&self.channel)
-            .and_then(|e| e.last.take())
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let last = {
-            let mut ch = lock(&self.channels);
-            match ch.map.get_mut(&self.channel) {
-                Some(e) if e.refs > 1 => {
-                    e.refs -= 1;
-                    false
-                }
-                Some(_) => {
-                    ch.map.remove(&self.channel);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
-            let _ = self
-                .cmds
-                .send(Cmd::Unsubscribe(std::mem::take(&mut self.channel)));
-        }
     }
 }
 
@@ -192,7 +101,7 @@ fn resp3(client: &redis::Client) -> redis::Client {
 
 struct HubTask {
     client: redis::Client,
-    channels: Arc<Mutex<Channels>>,
+    channels: Arc<Channels>,
     cmds: mpsc::WeakUnboundedSender<Cmd>,
     op_timeout: Duration,
     conn: Option<MultiplexedConnection>,
@@ -209,8 +118,7 @@ impl HubTask {
                     let _ = reply.send(ok);
                 }
                 Cmd::Unsubscribe(channel) => {
-                    let still_wanted = lock(&self.channels).map.contains_key(&channel);
-                    if !still_wanted {
+                    if !self.channels.is_wanted(&channel) {
                         if let Some(conn) = self.conn.as_mut() {
                             let _ =
                                 tokio::time::timeout(self.op_timeout, conn.unsubscribe(&channel))
@@ -221,36 +129,25 @@ impl HubTask {
                 Cmd::Disconnected(generation) => {
                     if generation == self.generation {
                         self.retry_scheduled = false;
-                        self.drop_connection();
-                        self.wake_all();
-                        if !lock(&self.channels).map.is_empty() && self.connect().await {
+                        // The last handle gone, redis-rs stops the connection's task.
+                        self.conn = None;
+                        self.channels.wake_all();
+                        if !self.channels.wanted().is_empty() && self.connect().await {
                             // Releases published while we were away were lost.
-                            self.wake_all();
+                            self.channels.wake_all();
                         }
                     }
                 }
             }
         }
-        self.drop_connection();
-    }
-
-    fn drop_connection(&mut self) {
-        // The last handle gone, redis-rs stops the connection's task.
-        self.conn = None;
-    }
-
-    fn wake_all(&self) {
-        for e in lock(&self.channels).map.values() {
-            e.notify.notify_one();
-        }
     }
 
     async fn subscribe(&mut self, channel: &str) -> bool {
-        if !lock(&self.channels).map.contains_key(channel) {
+        if !self.channels.is_wanted(channel) {
             return false; // the subscriber gave up already
         }
         match self.conn.as_mut() {
-            // `connect` subscribes every channel in the map, this one included.
+            // `connect` subscribes every wanted channel, this one included.
             None => self.connect().await,
             Some(conn) => {
                 match tokio::time::timeout(self.op_timeout, conn.subscribe(channel)).await {
@@ -273,18 +170,12 @@ impl HubTask {
         // Runs on redis-rs's connection task for every push; it must not block.
         let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
             match push.kind {
-                PushKind::Message => {
+                PushKind::Message | PushKind::SMessage => {
                     if let [redis::Value::BulkString(name), redis::Value::BulkString(payload), ..] =
                         push.data.as_slice()
                     {
                         let name = String::from_utf8_lossy(name);
-                        if let Some(e) = lock(&channels).map.get_mut(name.as_ref()) {
-                            e.last = Some(match crate::scripts::parse_announcement(payload) {
-                                Some((token, fence)) => Announcement::Granted { token, fence },
-                                None => Announcement::Released,
-                            });
-                            e.notify.notify_one();
-                        }
+                        channels.deliver(&name, Announcement::parse(payload));
                     }
                 }
                 PushKind::Disconnection => {
@@ -307,11 +198,11 @@ impl HubTask {
         )
         .await;
         let Ok(Ok(mut conn)) = opened else {
-            tracing::debug!("lockattr: pub/sub connection failed; waiters fall back to timers");
+            tracing::debug!(target: "lockattr", "pub/sub connection failed; waiters fall back to timers");
             self.schedule_reconnect(Duration::from_millis(500));
             return false;
         };
-        let wanted: Vec<String> = lock(&self.channels).map.keys().cloned().collect();
+        let wanted = self.channels.wanted();
         if !wanted.is_empty() {
             let ok = matches!(
                 tokio::time::timeout(self.op_timeout, conn.subscribe(&wanted)).await,

@@ -1,0 +1,109 @@
+//! What [`Locker::inspect`](crate::Locker::inspect) reports about a lock.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::protocol::{LockValue, Mark};
+
+/// A lock as Redis (and this `Locker`) sees it at one moment: for operators and tests.
+///
+/// Returned by [`Locker::inspect`](crate::Locker::inspect) when the lock's key exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// How much longer the lock lasts unless its holder renews it (Redis's remaining TTL);
+    /// `None` when the key has no TTL, which only a value lockattr did not write can lack.
+    pub remaining_lease: Option<Duration>,
+    /// The holder's fencing token, when it is known: Redis records it with every lock taken
+    /// through a script (a contended acquisition, a direct grant, a handover) and when a lock
+    /// taken by the uncontended fast path is first renewed (after a third of its lease); a
+    /// holder in this `Locker` is known in any case. `None` otherwise: the fast path does not
+    /// spend a command on writing it down.
+    pub fencing_token: Option<u64>,
+    /// When the current holder took the lock, by Redis's clock (fencing tokens are that clock
+    /// in microseconds), when the token is known.
+    pub held_since: Option<SystemTime>,
+    /// A contender of another process or `Locker` found the lock busy: its release will be
+    /// announced to it.
+    pub contended: bool,
+    /// A contender is registered for a direct grant: the release will hand it the lock.
+    pub waiter_registered: bool,
+    /// Tasks of this `Locker` waiting for the key (they wait locally and are not seen in Redis;
+    /// other processes' waiters are not counted).
+    pub local_waiters: usize,
+    /// The key holds a value that lockattr did not write (an operator's `SET`, another
+    /// library): contenders treat it as busy and never change it, and
+    /// [`force_unlock`](crate::Locker::force_unlock) leaves it alone.
+    pub foreign: bool,
+}
+
+impl LockInfo {
+    /// Builds the report from the key's value and remaining TTL in ms, and the local knowledge
+    /// of this `Locker`.
+    pub(crate) fn from_store(
+        value: &str,
+        pttl_ms: Option<u64>,
+        local_waiters: usize,
+        local_fence: Option<(&str, u64)>,
+    ) -> Self {
+        let remaining_lease = pttl_ms.map(Duration::from_millis);
+        let Some(v) = LockValue::parse(value) else {
+            return LockInfo {
+                remaining_lease,
+                fencing_token: None,
+                held_since: None,
+                contended: false,
+                waiter_registered: false,
+                local_waiters,
+                foreign: true,
+            };
+        };
+        let fencing_token = v.fence.or_else(|| {
+            local_fence
+                .filter(|(token, _)| *token == v.owner)
+                .map(|(_, fence)| fence)
+        });
+        LockInfo {
+            remaining_lease,
+            fencing_token,
+            held_since: fencing_token.map(|f| UNIX_EPOCH + Duration::from_micros(f)),
+            contended: v.mark != Mark::None,
+            waiter_registered: matches!(v.mark, Mark::Registered { .. }),
+            local_waiters,
+            foreign: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn reports() {
+        let i = LockInfo::from_store(
+            &format!("{T}@1764578644123456!{T}:2000:1"),
+            Some(1500),
+            2,
+            None,
+        );
+        assert_eq!(i.remaining_lease, Some(Duration::from_millis(1500)));
+        assert_eq!(i.fencing_token, Some(1_764_578_644_123_456));
+        assert_eq!(
+            i.held_since,
+            Some(UNIX_EPOCH + Duration::from_micros(1_764_578_644_123_456))
+        );
+        assert!(i.contended && i.waiter_registered && !i.foreign);
+        assert_eq!(i.local_waiters, 2);
+        let plain = LockInfo::from_store(T, Some(10), 0, None);
+        assert_eq!(plain.fencing_token, None);
+        assert!(!plain.contended);
+        let local = LockInfo::from_store(T, Some(10), 0, Some((T, 42)));
+        assert_eq!(local.fencing_token, Some(42));
+        let other = LockInfo::from_store(T, Some(10), 0, Some(("f", 42)));
+        assert_eq!(other.fencing_token, None);
+        let foreign = LockInfo::from_store("bar", None, 0, None);
+        assert!(foreign.foreign && foreign.remaining_lease.is_none());
+    }
+}

@@ -1,0 +1,131 @@
+//! The command connection to Redis and the one bounded way every call goes through it.
+//!
+//! Every call has a deadline (`until`): the caller's budget for the whole operation, so that an
+//! acquire that retries after a broken connection still fails within one operation timeout. A
+//! deadline that passes is reported as [`Error::OperationTimeout`], lockattr's own kind, never
+//! as a disguised I/O error.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+
+use crate::scripts::{Call, Scripts};
+use crate::Error;
+
+/// The connection commands go through.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    inner: ConnectionManager,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// Connects to one Redis server (it reconnects by itself after the connection broke).
+    pub(crate) async fn standalone(
+        client: redis::Client,
+        op_timeout: Duration,
+    ) -> Result<Conn, Error> {
+        // No response timeout inside redis-rs: `bounded` puts the caller's deadline around every
+        // call already (reconnect waits included), and a second timer per command costs
+        // measurable time on the uncontended path.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(op_timeout))
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200));
+        let until = Instant::now() + op_timeout;
+        let inner = bounded(
+            "connect",
+            until,
+            op_timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await?;
+        Ok(Conn { inner, op_timeout })
+    }
+
+    /// A deadline one operation timeout from now.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.op_timeout
+    }
+
+    /// Sends one command.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: &redis::Cmd,
+        until: Instant,
+    ) -> Result<T, Error> {
+        let mut conn = self.inner.clone();
+        bounded(what, until, self.op_timeout, cmd.query_async(&mut conn)).await
+    }
+
+    /// Sends a pipeline.
+    pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        pipe: &redis::Pipeline,
+        until: Instant,
+    ) -> Result<T, Error> {
+        let mut conn = self.inner.clone();
+        bounded(what, until, self.op_timeout, pipe.query_async(&mut conn)).await
+    }
+
+    /// Runs a script call; a script Redis does not know (after a restart, a `SCRIPT FLUSH`, or
+    /// on a freshly promoted master) is loaded and the call sent once more.
+    pub(crate) async fn eval<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        call: &Call,
+        until: Instant,
+    ) -> Result<T, Error> {
+        match self.query(what, &call.cmd, until).await {
+            Err(Error::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(call.script.code());
+                self.query::<String>(what, &load, until).await?;
+                self.query(what, &call.cmd, until).await
+            }
+            other => other,
+        }
+    }
+
+    /// Loads every script, so first uses skip the `NOSCRIPT` round trip. Best effort: scripts
+    /// are reloaded on demand anyway.
+    pub(crate) async fn load(&self, scripts: &Scripts) {
+        let mut pipe = redis::pipe();
+        for script in scripts.all() {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(script.code());
+        }
+        let _ = self
+            .query_pipe::<redis::Value>("load scripts", &pipe, self.deadline())
+            .await;
+    }
+}
+
+/// Runs `request` until `until`; past it the result is [`Error::OperationTimeout`].
+pub(crate) async fn bounded<T>(
+    what: &'static str,
+    until: Instant,
+    op_timeout: Duration,
+    request: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout_at(until, request).await {
+        Ok(r) => r.map_err(Error::Redis),
+        Err(_) => Err(Error::OperationTimeout {
+            operation: what,
+            after: op_timeout,
+        }),
+    }
+}

@@ -1,0 +1,188 @@
+//! Where locks live: the lock protocol (`protocol`) as operations the lock state machine calls,
+//! without knowing what is behind them.
+//!
+//! [`Store`] is a cheap handle (an `Arc`) over one deployment. Each operation takes a deadline
+//! (`until`, see `conn`) and answers in the protocol's terms ([`AttemptReply`],
+//! [`ReleaseReply`], fencing tokens), so the state machines above (acquire, wait, release,
+//! upkeep) are the same for every deployment.
+
+mod channels;
+mod conn;
+mod pubsub;
+mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub(crate) use self::channels::Subscription;
+use self::redis::RedisStore;
+use crate::key::RedisNames;
+use crate::protocol::{AttemptReply, ReleaseReply};
+use crate::Error;
+
+/// How an acquire attempt is made.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AttemptKind<'a> {
+    /// The uncontended fast path: take a free lock, learn nothing about a busy one.
+    Plain,
+    /// The contended path: take a free lock, or find a grant to `registered`, or mark the busy
+    /// lock and register for a direct grant of `grant_lease`.
+    Scripted {
+        registered: Option<&'a str>,
+        grant_lease: Duration,
+    },
+}
+
+/// A handle to the store a `Locker` uses; clones share it.
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    Redis(Arc<RedisStore>),
+}
+
+impl Store {
+    /// One Redis server.
+    pub(crate) async fn standalone(
+        client: ::redis::Client,
+        op_timeout: Duration,
+    ) -> Result<Store, Error> {
+        Ok(Store::Redis(Arc::new(
+            RedisStore::standalone(client, op_timeout).await?,
+        )))
+    }
+
+    /// The deadline of one operation started now.
+    pub(crate) fn deadline(&self) -> Instant {
+        match self {
+            Store::Redis(r) => r.deadline(),
+        }
+    }
+
+    /// One acquire attempt for `token` with `lease`.
+    pub(crate) async fn attempt(
+        &self,
+        names: &RedisNames,
+        token: &str,
+        lease: Duration,
+        kind: AttemptKind<'_>,
+        until: Instant,
+    ) -> Result<AttemptReply, Error> {
+        match self {
+            Store::Redis(r) => r.attempt(names, token, lease, kind, until).await,
+        }
+    }
+
+    /// Releases the lock held by `token` (granting it to a registered waiter, announcing it to
+    /// a marked one).
+    pub(crate) async fn release(
+        &self,
+        names: &RedisNames,
+        token: &str,
+        until: Instant,
+    ) -> Result<ReleaseReply, Error> {
+        match self {
+            Store::Redis(r) => r.release(names, token, until).await,
+        }
+    }
+
+    /// Sets the lease of the lock held by `token` to `lease` from now; `false` when not ours.
+    pub(crate) async fn renew(
+        &self,
+        names: &RedisNames,
+        token: &str,
+        fence: u64,
+        lease: Duration,
+        until: Instant,
+    ) -> Result<bool, Error> {
+        match self {
+            Store::Redis(r) => r.renew(names, token, fence, lease, until).await,
+        }
+    }
+
+    /// Moves the lock from `old_token` to `new_token` with `lease`; the new fencing token, or
+    /// `None` when the lock was not `old_token`'s.
+    pub(crate) async fn handoff(
+        &self,
+        names: &RedisNames,
+        old_token: &str,
+        old_fence: u64,
+        new_token: &str,
+        lease: Duration,
+        until: Instant,
+    ) -> Result<Option<u64>, Error> {
+        match self {
+            Store::Redis(r) => {
+                r.handoff(names, old_token, old_fence, new_token, lease, until)
+                    .await
+            }
+        }
+    }
+
+    /// The raw lock value and its remaining lease in ms, if the key exists.
+    pub(crate) async fn inspect(
+        &self,
+        names: &RedisNames,
+        until: Instant,
+    ) -> Result<Option<(String, Option<u64>)>, Error> {
+        match self {
+            Store::Redis(r) => r.inspect(names, until).await,
+        }
+    }
+
+    /// Deletes the lock whoever holds it: `1` deleted, `0` none, `-1` a foreign value (kept).
+    pub(crate) async fn force_unlock(
+        &self,
+        names: &RedisNames,
+        until: Instant,
+    ) -> Result<i64, Error> {
+        match self {
+            Store::Redis(r) => r.force_unlock(names, until).await,
+        }
+    }
+
+    /// Listens to a lock's release channel (confirmed, or not after a failure: see
+    /// [`Subscription::confirmed`]).
+    pub(crate) async fn subscribe(&self, channel: String) -> Subscription {
+        match self {
+            Store::Redis(r) => r.subscribe(channel).await,
+        }
+    }
+
+    /// Withdraws, in the background, a token that may hold the lock or be its registered
+    /// waiter (see `scripts::WITHDRAW_BODY`).
+    pub(crate) fn spawn_withdraw(&self, names: Arc<RedisNames>, token: String) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // without a runtime, the lock or the registration expires by itself
+        };
+        let store = self.clone();
+        rt.spawn(async move {
+            let until = store.deadline();
+            let _ = match &store {
+                Store::Redis(r) => r.withdraw(&names, &token, until).await,
+            };
+        });
+    }
+
+    /// Releases, in the background, the lock under any of `tokens` (for an operation whose
+    /// outcome is unknown, so that no token that may own the key is left behind), then runs
+    /// `then`.
+    pub(crate) fn spawn_release(
+        &self,
+        names: Arc<RedisNames>,
+        tokens: Vec<String>,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            then();
+            return;
+        };
+        let store = self.clone();
+        rt.spawn(async move {
+            for token in &tokens {
+                let _ = store.release(&names, token, store.deadline()).await;
+            }
+            then();
+        });
+    }
+}

@@ -1,0 +1,197 @@
+//! Fencing tokens: issued by Redis, strictly increasing per key, through restarts and
+//! handovers, and never before Redis issued them.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lockattr::Error;
+use lockattr_tests::proxy::{Direction, Proxy};
+use lockattr_tests::RedisServer;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_strictly_increase_across_lockers_and_handovers() {
+    let server = RedisServer::start();
+    let a = locker(&server).await;
+    let b = locker(&server).await;
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let locker = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let tokens = tokens.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let g = locker.lock("fenced").await.unwrap();
+                tokens.lock().unwrap().push(g.fencing_token());
+                g.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let tokens = tokens.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 100);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens in acquisition order must strictly increase: {tokens:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_redis_clock_and_survive_a_restart_without_persistence() {
+    let mut server = RedisServer::start();
+    let locker = locker(&server).await;
+    let before = redis_time_us(&server);
+    let g = locker.lock("f").await.unwrap();
+    let first = g.fencing_token();
+    g.release().await.unwrap();
+    let after = redis_time_us(&server);
+    assert!(
+        (before..=after).contains(&first),
+        "the token is Redis's clock in µs: {before} <= {first} <= {after}"
+    );
+    let g = locker.lock("f").await.unwrap();
+    let second = g.fencing_token();
+    g.release().await.unwrap();
+    assert!(second > first);
+    assert!(
+        server.keys().is_empty(),
+        "no counter is kept: {:?}",
+        server.keys()
+    );
+
+    // Redis restarts without persistence and forgets everything: still larger.
+    server.restart();
+    let mut after_restart = None;
+    for _ in 0..50 {
+        match locker.lock("f").await {
+            Ok(g) => {
+                after_restart = Some(g.fencing_token());
+                g.release().await.unwrap();
+                break;
+            }
+            // The first calls after the restart may meet the broken connection.
+            Err(Error::Redis(_) | Error::OperationTimeout { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    let after_restart = after_restart.expect("lock after the restart");
+    assert!(after_restart > second, "{after_restart} after {second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_guard_holds_the_token_redis_recorded_for_it() {
+    // Handed over between tasks of one locker, granted across lockers, or taken plain: after an
+    // `extend` (which records the token of a fast-path lock) the value in Redis carries exactly
+    // the guard's token, and the extension succeeded, so the guard's token owns the key.
+    let server = RedisServer::start();
+    let lockers = [locker(&server).await, locker(&server).await];
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (locker, seen, url) = (lockers[i % 2].clone(), seen.clone(), server.url());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            for _ in 0..10 {
+                let g = locker.lock("chain").await.unwrap();
+                g.extend(Duration::from_secs(5)).await.unwrap();
+                let v: String = redis::cmd("GET")
+                    .arg("lock:{chain}")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(g.is_held());
+                seen.lock()
+                    .unwrap()
+                    .push((g.fencing_token(), Value::parse(&v).unwrap().fence));
+                g.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 80);
+    for (token, in_redis) in &seen {
+        assert_eq!(
+            Some(*token),
+            *in_redis,
+            "the guard's token is the one Redis recorded"
+        );
+    }
+}
+
+/// Issue 9.3: an early handover exposed `old + 1` before Redis confirmed it; when the handover
+/// reached Redis after the old lease had ended, another process got the same number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_that_reaches_redis_late_never_repeats_a_token() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    let a = locker_at(&proxy.url()).await;
+    let b = locker(&server).await;
+    let holder = a
+        .lock("late")
+        .lease(Duration::from_millis(300))
+        .renew(false)
+        .await
+        .unwrap();
+    let first = holder.fencing_token();
+    let next = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let g = a.lock("late").wait(Duration::from_secs(10)).await?;
+            let token = g.fencing_token();
+            let held_at = Instant::now();
+            let _ = g.release().await;
+            Ok::<_, Error>((token, held_at))
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // `next` is queued behind `holder`
+                                                         // From now on A's commands reach Redis 400 ms late: the handover arrives after the old
+                                                         // lease (300 ms) has run out.
+    proxy.set_delay(
+        Direction::Requests,
+        Duration::from_millis(400),
+        Duration::ZERO,
+    );
+    let release = tokio::spawn(holder.release());
+    // Another process takes the lock as soon as the old lease runs out.
+    let started = Instant::now();
+    let other = loop {
+        if let Ok(g) = b.try_lock("late").await {
+            break g;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the old lease ends"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let other_token = other.fencing_token();
+    let other_held_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    other.release().await.unwrap();
+    proxy.clear();
+    assert!(
+        matches!(release.await.unwrap(), Err(Error::Lost { .. })),
+        "the handover found the lock gone"
+    );
+    let (next_token, next_held_at) = next.await.unwrap().expect("the queued task gets the lock");
+    assert!(
+        next_held_at > other_held_at,
+        "the queued task held it only after the other process"
+    );
+    assert!(
+        first < other_token && other_token < next_token,
+        "{first} < {other_token} < {next_token}"
+    );
+}
