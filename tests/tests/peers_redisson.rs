@@ -324,11 +324,17 @@ mod ownership {
 mod concurrency {
     use super::*;
 
+    /// Channels with a subscriber, plain and sharded.
     fn pubsub_channels(server: &RedisServer) -> Vec<String> {
-        redis::cmd("PUBSUB")
-            .arg("CHANNELS")
-            .query(&mut server.conn())
-            .unwrap()
+        let mut channels = Vec::new();
+        for kind in ["CHANNELS", "SHARDCHANNELS"] {
+            let some: Vec<String> = redis::cmd("PUBSUB")
+                .arg(kind)
+                .query(&mut server.conn())
+                .unwrap();
+            channels.extend(some);
+        }
+        channels
     }
 
     /// Ports `testSubscriptionsPerConnection` (5000 lock/unlock over 5 keys, then no channel is
