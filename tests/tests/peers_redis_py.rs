@@ -73,8 +73,7 @@ mod ownership {
         a.try_lock("foo").await.unwrap().release().await.unwrap();
     }
 
-    /// Ports `test_extending_lock_no_longer_owned_raises_error` and
-    /// `test_reacquiring_lock_no_longer_owned_raises_error` (sync and asyncio).
+    /// Ports `test_extending_lock_no_longer_owned_raises_error`, `test_reacquiring_lock_no_longer_owned_raises_error`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn extending_a_lock_taken_over_in_redis_reports_lost_and_changes_nothing() {
         let server = RedisServer::start();
@@ -93,10 +92,10 @@ mod ownership {
         assert_value(&server, &key, "a");
     }
 
-    /// Ports asyncio `test_release_cancellation_preserves_lock_state` (redis-py issue #3847: a
-    /// cancelled release left the key held for good).
+    /// Ports asyncio `test_release_cancellation_preserves_lock_state`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_release_cancelled_midway_still_frees_the_lock() {
+        // redis-py issue #3847: a cancelled release left the key held for good.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let key = a.redis_key("foo").unwrap();
@@ -148,12 +147,12 @@ mod ownership {
         panic!("the task budget did not run out");
     }
 
-    /// Ports asyncio `test_release_cancellation_preserves_lock_state` at its sharpest point:
-    /// the release is dropped after one poll made while the task is out of budget, so that
-    /// nothing it polled (the command to Redis included) got anywhere. Whoever waits, the lock
-    /// must go on: not stay held until its 30 s lease runs out.
+    /// Ports asyncio `test_release_cancellation_preserves_lock_state`, at its sharpest point.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_release_cancelled_in_a_busy_task_still_passes_the_lock_on() {
+        // The release is dropped after one poll made while the task is out of budget, so that
+        // nothing it polled (the command to Redis included) got anywhere. Whoever waits, the lock
+        // must go on, not stay held until its 30 s lease runs out.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let key = a.redis_key("foo").unwrap();
@@ -217,11 +216,11 @@ mod leases {
         }
     }
 
-    /// Ports `test_extend_lock_replace_ttl`, `test_extend_lock_float` and `test_reacquire_lock`
-    /// (sync and asyncio). redis-py's plain `extend` adds to the TTL; lockattr's sets the lease
-    /// from now, like redis-py's `replace_ttl=True` and `reacquire()`.
+    /// Ports `test_extend_lock_replace_ttl`, `test_extend_lock_float`, `test_reacquire_lock`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn extend_sets_the_lease_from_now() {
+        // redis-py's plain `extend` adds to the TTL; lockattr's sets the lease from now, like
+        // redis-py's `replace_ttl=True` and `reacquire()`.
         let server = RedisServer::start();
         let a = locker(&server).await;
         let key = a.redis_key("foo").unwrap();
@@ -259,12 +258,11 @@ mod leases {
 mod waiting {
     use super::*;
 
-    /// Ports `test_blocking_timeout`, `test_context_manager_blocking_timeout` and
-    /// `test_high_sleep_small_blocking_timeout` (sync and asyncio). redis-py retries every
-    /// `sleep`; lockattr sleeps until the release is announced, with the holder's TTL (here
-    /// 30 s) as the fallback timer, never past the wait.
+    /// Ports `test_blocking_timeout`, `test_context_manager_blocking_timeout`, `test_high_sleep_small_blocking_timeout`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_busy_lock_times_out_after_the_wait_without_polling() {
+        // redis-py retries every `sleep`; lockattr sleeps until the release is announced, with the
+        // holder's TTL (here 30 s) as the fallback timer, never past the wait.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let g = a.lock("foo").lease(Duration::from_secs(30)).await.unwrap();
@@ -299,9 +297,10 @@ mod waiting {
         g.release().await.unwrap();
     }
 
-    /// Ports asyncio `test_blocking` (a lock blocks by default; `blocking=False` tries once).
+    /// Ports asyncio `test_blocking`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_wait_the_locker_default_unless_they_say_otherwise() {
+        // A lock blocks by default (the locker's `default_wait`); `blocking=False` is `try_lock`.
         let server = RedisServer::start();
         let a = Locker::builder(server.url())
             .default_wait(Duration::from_millis(400))
@@ -331,11 +330,11 @@ mod waiting {
 mod foreign_values {
     use super::*;
 
-    /// Ports `test_context_manager_raises_when_locked_not_acquired` and
-    /// `test_lock_error_gives_correct_lock_name` (sync and asyncio): `SET foo bar` by hand, then
-    /// every way of asking for the lock times out, naming the key, and leaves `bar` as it was.
+    /// Ports `test_context_manager_raises_when_locked_not_acquired`, `test_lock_error_gives_correct_lock_name`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_foreign_value_in_the_lock_key_is_left_byte_for_byte() {
+        // `SET foo bar` by hand, then every way of asking for the lock times out, naming the key,
+        // and leaves `bar` as it was.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let key = a.redis_key("foo").unwrap();
@@ -369,10 +368,11 @@ mod foreign_values {
         );
     }
 
-    /// By intent from the same tests: a foreign value with a TTL blocks the lock until Redis
-    /// expires it, is not rewritten or extended meanwhile, and the waiter then takes the lock.
+    /// Ports `test_context_manager_raises_when_locked_not_acquired` by intent, with a TTL on the value.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_foreign_value_with_a_ttl_blocks_until_it_expires() {
+        // The foreign value blocks the lock until Redis expires it, is not rewritten or extended
+        // meanwhile, and the waiter then takes the lock.
         let server = RedisServer::start();
         let a = locker(&server).await;
         let key = a.redis_key("foo").unwrap();
@@ -434,11 +434,11 @@ mod context_manager {
         assert!(!is_locked(&server, &key));
     }
 
-    /// Ports `test_context_manager_reacquiring_lock_no_longer_owned_raises_error` (sync): the key
-    /// is taken over, or deleted, inside the block; the block's exit reports it. No renewal
-    /// runs in between (30 s lease), so only the final release can find the loss.
+    /// Ports `test_context_manager_reacquiring_lock_no_longer_owned_raises_error`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn run_reports_a_loss_found_only_at_the_release() {
+        // The key is taken over, or deleted, inside the block; the block's exit reports it. No
+        // renewal runs in between (30 s lease), so only the final release can find the loss.
         let server = RedisServer::start();
         let a = locker(&server).await;
         let key = a.redis_key("foo").unwrap();
@@ -458,12 +458,13 @@ mod context_manager {
         assert!(lock_keys(&server).is_empty(), "{:?}", server.keys());
     }
 
-    /// Ports `test_context_manager_not_raise_on_release_lock_not_owned_error` (sync and asyncio,
-    /// `raise_on_release_error=True`, lockattr's only behaviour): a 0.1 s lease under a body
-    /// that sleeps 0.15 s. Here the body blocks its thread instead of awaiting, so it cannot be
-    /// cancelled while the lease runs out; the call must still say that the lock was lost.
+    /// Ports `test_context_manager_not_raise_on_release_lock_not_owned_error`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn run_reports_a_fixed_lease_that_ran_out_under_a_body_that_never_yielded() {
+        // `raise_on_release_error=True` is lockattr's only behaviour. The peer test runs a 0.1 s
+        // lease under a body that sleeps 0.15 s; here the body blocks its thread instead of
+        // awaiting, so it cannot be cancelled while the lease runs out, and the call must still say
+        // that the lock was lost.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let r = a
@@ -494,10 +495,10 @@ mod context_manager {
         Ok(())
     }
 
-    /// Ports `test_context_manager_reacquiring_lock_no_longer_owned_raises_error` to the
-    /// attribute: the body finishes, but the lock it ran under was taken over meanwhile.
+    /// Ports `test_context_manager_reacquiring_lock_no_longer_owned_raises_error` to the attribute.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_attribute_reports_a_loss_found_only_at_the_release() {
+        // The body finishes, but the lock it ran under was taken over meanwhile.
         let server = RedisServer::start();
         let a = locker(&server).await;
         let finished = Arc::new(AtomicBool::new(false));

@@ -57,10 +57,11 @@ mod inspection {
         assert!(!is_locked(&server, &key));
     }
 
-    /// Ports `testRemainTimeToLive`: one hour of lease, none after the release, and the default
-    /// lease (Redisson's watchdog timeout) when none is given.
+    /// Ports `testRemainTimeToLive`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_remaining_ttl_is_the_lease_and_nothing_after_the_release() {
+        // One hour of lease, none after the release, and the default lease (Redisson's watchdog
+        // timeout) when none is given.
         let server = RedisServer::start();
         let a = locker(&server).await;
         let key = a.redis_key("test-lock:1").unwrap();
@@ -83,10 +84,11 @@ mod inspection {
         g.release().await.unwrap();
     }
 
-    /// Ports `testForceUnlock` (lock and fair lock). Beyond Redisson's test: the holder whose
-    /// lock was removed learns that it lost it, and its release leaves the next holder alone.
+    /// Ports `testForceUnlock` (lock and fair lock).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_forced_unlock_frees_the_lock_and_its_holder_learns_it_lost() {
+        // Beyond Redisson's test: the holder whose lock was removed learns that it lost it, and its
+        // release leaves the next holder alone.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let key = a.redis_key("lock").unwrap();
@@ -113,10 +115,11 @@ mod inspection {
         next.release().await.unwrap();
     }
 
-    /// Ports fair lock `testNameMapper`: a locker's namespace prefixes every key it writes, and
-    /// lockers with different namespaces do not exclude each other.
+    /// Ports fair lock `testNameMapper`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_namespace_prefixes_every_redis_key() {
+        // A locker's namespace prefixes every key it writes, and lockers with different namespaces
+        // do not exclude each other.
         let server = RedisServer::start();
         let mapped = Locker::builder(server.url())
             .namespace("test:app")
@@ -144,11 +147,12 @@ mod inspection {
 mod expiry {
     use super::*;
 
-    /// Ports `testExpire` (lock and fair lock): a 2 s lease is never unlocked; another thread of
-    /// the same client gets the lock once it expired, and the late unlock fails. In lockattr the
-    /// expired guard must leave the local queue at once, or the other task would wait for it.
+    /// Ports `testExpire` (lock and fair lock).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lost_guard_gives_up_its_place_in_the_local_queue_at_once() {
+        // A 2 s lease is never unlocked; another thread of the same client gets the lock once it
+        // expired, and the late unlock fails. In lockattr the expired guard must leave the local
+        // queue at once, or the other task would wait for it.
         let server = RedisServer::start();
         let a = locker(&server).await;
         let key = a.redis_key("lock").unwrap();
@@ -178,11 +182,12 @@ mod expiry {
         next.release().await.unwrap();
     }
 
-    /// Ports fair lock `testLeaseTimeout`: eight threads, 100 ms apart, each `tryLock(10 s wait,
-    /// 1 s lease)` and never unlock; each gets the lock when the previous lease ran out, in
-    /// arrival order. Here six tasks of one locker with 300 ms fixed leases keep their guards.
+    /// Ports fair lock `testLeaseTimeout`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn expired_fixed_leases_pass_the_lock_down_the_local_queue_in_order() {
+        // Eight threads, 100 ms apart, each `tryLock(10 s wait, 1 s lease)` and never unlock; each
+        // gets the lock when the previous lease ran out, in arrival order. Here six tasks of one
+        // locker with 300 ms fixed leases keep their guards.
         let server = RedisServer::start();
         let a = locker(&server).await;
         let lease = Duration::from_millis(300);
@@ -228,12 +233,11 @@ mod expiry {
 mod ownership {
     use super::*;
 
-    /// Ports `testIsHeldByCurrentThread`, `testIsHeldByCurrentThreadOtherThread` and
-    /// `testUnlockFail` (lock and fair lock) by intent: a Redisson lock belongs to the thread
-    /// that took it; a lockattr lock belongs to its guard, which may move to any task or thread
-    /// and is renewed and released there.
+    /// Ports `testIsHeldByCurrentThread`, `testIsHeldByCurrentThreadOtherThread`, `testUnlockFail`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ownership_travels_with_the_guard_not_the_task() {
+        // By intent: a Redisson lock belongs to the thread that took it; a lockattr lock belongs to
+        // its guard, which may move to any task or thread and is renewed and released there.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let key = a.redis_key("lock").unwrap();
@@ -261,12 +265,12 @@ mod ownership {
         g.release().await.unwrap();
     }
 
-    /// Ports `testReentrancy` and `testRemainTimeToLive2` (lock and fair lock), `testGetHoldCount`
-    /// by intent, and `RedissonLockExpirationRenewalTest.testLockReentrantRenew`. Re-entry exists
-    /// only under `run`/the attribute, in the task that holds the lock; it counts nothing and
-    /// leaves the outer lease as it was.
+    /// Ports `testReentrancy`, `testRemainTimeToLive2`, `testGetHoldCount`, `testLockReentrantRenew`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reentry_is_per_task_and_keeps_the_outer_lease() {
+        // Re-entry exists only under `run`/the attribute, in the task that holds the lock; it
+        // counts nothing and leaves the outer lease as it was. `testLockReentrantRenew` is from
+        // `RedissonLockExpirationRenewalTest`.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let key = a.redis_key("lock").unwrap();
@@ -337,11 +341,12 @@ mod concurrency {
         channels
     }
 
-    /// Ports `testSubscriptionsPerConnection` (5000 lock/unlock over 5 keys, then no channel is
-    /// left subscribed) and `testSinglePubSub` (waiters of several keys all woken through one
-    /// subscription connection): 2 lockers x 8 tasks x 12 rounds over 5 keys.
+    /// Ports `testSubscriptionsPerConnection` and `testSinglePubSub`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn subscriptions_end_with_the_contention_on_many_keys() {
+        // 5000 lock/unlock over 5 keys, then no channel is left subscribed; waiters of several keys
+        // all woken through one subscription connection. Here 2 lockers x 8 tasks x 12 rounds over
+        // 5 keys.
         let server = RedisServer::start();
         let lockers = [locker(&server).await, locker(&server).await];
         let mut tasks = Vec::new();
@@ -373,11 +378,12 @@ mod concurrency {
         assert!(lock_keys(&server).is_empty(), "{:?}", server.keys());
     }
 
-    /// Ports `testConcurrencyTryLockUnLock`: 16 threads x 10 000 `tryLock`/`unlock`, then the
-    /// renewal bookkeeping must still know the lock. Here 8 tasks on 2 lockers churn, then a
-    /// lock with a short lease must still be renewed, and both lockers find the key free.
+    /// Ports `testConcurrencyTryLockUnLock`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn try_lock_churn_leaves_renewal_and_local_state_intact() {
+        // 16 threads x 10 000 `tryLock`/`unlock`, then the renewal bookkeeping must still know the
+        // lock. Here 8 tasks on 2 lockers churn, then a lock with a short lease must still be
+        // renewed, and both lockers find the key free.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let wins = Arc::new(AtomicU64::new(0));
@@ -416,11 +422,11 @@ mod concurrency {
 mod queueing {
     use super::*;
 
-    /// Ports `testConcurrency_MultiInstance` (lock and fair lock; 100 clients lock once each)
-    /// and `testConcurrency_SingleInstance`: 16 lockers start together, each takes the lock once
-    /// for a non-atomic read-then-write of a counter.
+    /// Ports `testConcurrency_MultiInstance` and `testConcurrency_SingleInstance` (lock and fair lock).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_lockers_taking_the_lock_once_each_never_overlap() {
+        // 100 clients lock once each; here 16 lockers start together, each takes the lock once for
+        // a non-atomic read-then-write of a counter.
         let server = RedisServer::start();
         let mut lockers = Vec::new();
         for _ in 0..16 {
@@ -458,11 +464,11 @@ mod queueing {
         assert_eq!(n, 16, "every increment survived");
     }
 
-    /// Ports fair lock `testConcurrency_MultiInstance_Ordering` for the tasks of one process:
-    /// they get the lock in the order they asked for it. (Across processes lockattr does not
-    /// promise an order; see PEERS.md.)
+    /// Ports fair lock `testConcurrency_MultiInstance_Ordering`, for the tasks of one process.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_waiters_get_the_lock_in_request_order() {
+        // They get the lock in the order they asked for it. Across processes lockattr does not
+        // promise an order (see PEERS.md).
         let server = RedisServer::start();
         let a = locker(&server).await;
         let holder = a.lock("fifo").await.unwrap();
@@ -485,12 +491,13 @@ mod queueing {
         assert_eq!(*order.lock().unwrap(), (0..6).collect::<Vec<_>>());
     }
 
-    /// Ports `testLockIsNotRenewedAfterInterruptedTryLock`: a `tryLock` interrupted just after
-    /// its request went out must not leave a lock that the watchdog keeps alive. Here acquires
-    /// are dropped at many points, on a free lock and while waiting for a busy one; with a
-    /// 300 ms lease, anything still locked a second later would be a renewal nobody owns.
+    /// Ports `testLockIsNotRenewedAfterInterruptedTryLock`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_acquire_dropped_in_flight_leaves_no_lock_to_renew() {
+        // A `tryLock` interrupted just after its request went out must not leave a lock that the
+        // watchdog keeps alive. Here acquires are dropped at many points, on a free lock and while
+        // waiting for a busy one; with a 300 ms lease, anything still locked a second later would
+        // be a renewal nobody owns.
         let server = RedisServer::start();
         let a = Locker::builder(server.url())
             .default_lease(Duration::from_millis(300))
@@ -526,11 +533,12 @@ mod queueing {
 mod fencing {
     use super::*;
 
-    /// Ports `RedissonFencedLockTest.testTokenIncrease`: every way of taking the lock takes the next
-    /// token. Redisson's tokens start at 1; lockattr's start from Redis's clock in microseconds (so
-    /// they keep increasing when the counter is lost), and count by one from there.
+    /// Ports `RedissonFencedLockTest.testTokenIncrease`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_way_of_acquiring_takes_the_next_fencing_token() {
+        // Redisson's tokens start at 1; lockattr's start from Redis's clock in microseconds (so
+        // they keep increasing when the counter is lost), and count by one from there, on every way
+        // of taking the lock.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let mut tokens = Vec::new();
@@ -589,11 +597,12 @@ mod faults {
             .unwrap();
     }
 
-    /// Ports fair lock `testAcquireFailedNotCalledOnRedisTimeout`: a waiter whose Redis stops
-    /// taking writes (`CLIENT PAUSE .. WRITE`) ends its wait on time (at most one operation
-    /// timeout late), and leaves nothing that blocks the lock once Redis is back.
+    /// Ports fair lock `testAcquireFailedNotCalledOnRedisTimeout`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiter_stalled_by_client_pause_gives_up_and_leaves_the_lock_usable() {
+        // A waiter whose Redis stops taking writes (`CLIENT PAUSE .. WRITE`) ends its wait on time
+        // (at most one operation timeout late), and leaves nothing that blocks the lock once Redis
+        // is back.
         let server = RedisServer::start();
         let (a, b, c) = (
             locker(&server).await,
@@ -637,11 +646,11 @@ mod faults {
         g.release().await.unwrap();
     }
 
-    /// Ports `RedissonLockExpirationRenewalTest.testLockAfterTimeout` (and `testRedisFailed`
-    /// through `runtime.rs`): Redis restarts under a holder, whose unlock then fails; a lock
-    /// taken after the restart is renewed as before.
+    /// Ports `RedissonLockExpirationRenewalTest.testLockAfterTimeout`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_a_restart_under_a_holder_new_locks_are_renewed_again() {
+        // Redis restarts under a holder, whose unlock then fails; a lock taken after the restart is
+        // renewed as before.
         let mut server = RedisServer::start();
         let a = locker(&server).await;
         let lease = Duration::from_millis(600);

@@ -30,11 +30,11 @@ fn assert_lost<T: std::fmt::Debug>(r: Result<T, Error>) {
 mod expiry {
     use super::*;
 
-    /// Ports node-redlock "locks automatically expire" and redsync `TestMutexExtendExpired`
-    /// and `TestMutexUnlockExpired`: a 200 ms lease is declared lost at its deadline, the next
-    /// holder gets in, and the expired holder's extend and unlock both fail.
+    /// Ports node-redlock "locks automatically expire", redsync `TestMutexExtendExpired`, `TestMutexUnlockExpired`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fixed_lease_is_lost_at_its_deadline_and_the_next_holder_gets_in() {
+        // A 200 ms lease is declared lost at its deadline, the next holder gets in, and the expired
+        // holder's extend and unlock both fail.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let key = a.redis_key("d").unwrap();
@@ -64,12 +64,12 @@ mod expiry {
         assert!(!is_locked(&server, &key));
     }
 
-    /// Ports redsync `TestSetNXOnExtendAcquiresLockWhenKeyIsExpired` by intent (lockattr does the
-    /// opposite on purpose) and `TestSetNXOnExtendFailsToAcquireLockWhenKeyIsTaken`: extending an
-    /// expired lock never takes it again, free or not, because someone may have held it in
-    /// between; a new acquisition, with a new fencing token, is the way back.
+    /// Ports redsync `TestSetNXOnExtendAcquiresLockWhenKeyIsExpired`, `TestSetNXOnExtendFailsToAcquireLockWhenKeyIsTaken`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_expired_lock_is_not_revived_by_extend() {
+        // The first by intent: lockattr does the opposite of `setNXOnExtend` on purpose.
+        // Extending an expired lock never takes it again, free or not, because someone may
+        // have held it in between; a new acquisition, with a new fencing token, is the way back.
         let server = RedisServer::start();
         let a = locker(&server).await;
         let key = a.redis_key("e").unwrap();
@@ -94,11 +94,11 @@ mod expiry {
 mod using {
     use super::*;
 
-    /// Ports node-redlock "the `using` helper acquires, extends, and releases locks": a body
-    /// that outlives its 500 ms lease runs under one lock throughout (same value in Redis), and
-    /// the lock is gone when it returns.
+    /// Ports node-redlock "the `using` helper acquires, extends, and releases locks".
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn run_renews_one_unchanged_lock_under_a_long_body() {
+        // A body that outlives its 500 ms lease runs under one lock throughout (same value in
+        // Redis), and the lock is gone when it returns.
         let server = RedisServer::start();
         let a = locker(&server).await;
         let key = a.redis_key("x").unwrap();
@@ -117,10 +117,11 @@ mod using {
         assert!(!is_locked(&server, &key), "released when the body returned");
     }
 
-    /// Ports node-redlock "the `using` helper is exclusive": two routines on one resource, from
-    /// two processes, never run at once and run under different lock values.
+    /// Ports node-redlock "the `using` helper is exclusive".
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn run_bodies_on_one_key_never_overlap_and_hold_different_values() {
+        // Two routines on one resource, from two processes, never run at once and run under
+        // different lock values.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let key = a.redis_key("y").unwrap();
@@ -151,11 +152,11 @@ mod using {
 mod single_node {
     use super::*;
 
-    /// Ports redsync `TestMutex` and `TestRedsync` (many mutexes, each on its own name, all
-    /// acquired and checked in Redis) to one Redis: locks on distinct keys do not wait for each
-    /// other and are all held at once, each under its own value.
+    /// Ports redsync `TestMutex` and `TestRedsync` to one Redis.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn distinct_keys_are_held_at_the_same_time() {
+        // Many mutexes, each on its own name, all acquired and checked in Redis: locks on distinct
+        // keys do not wait for each other and are all held at once, each under its own value.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let started = Instant::now();
@@ -183,10 +184,11 @@ mod single_node {
         assert!(lock_keys(&server).is_empty(), "{:?}", server.keys());
     }
 
-    /// Ports redsync `TestRedisErrorIs` / `TestRedisErrorAs` (a node's error stays reachable
-    /// through the wrapper): a Redis failure is `Error::Redis`, whose source is redis-rs's error.
+    /// Ports redsync `TestRedisErrorIs` and `TestRedisErrorAs`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_redis_failure_keeps_its_cause() {
+        // A node's error stays reachable through the wrapper: a Redis failure is `Error::Redis`,
+        // whose source is redis-rs's error.
         let mut server = RedisServer::start();
         let a = locker(&server).await;
         server.kill();
@@ -203,11 +205,12 @@ mod single_node {
         );
     }
 
-    /// Ports redsync `TestScripts_Hash` by intent (its scripts must match what Redis loads):
-    /// lockattr's scripts keep working when Redis forgets them (`SCRIPT FLUSH`, as after a
-    /// restart or failover): renewal, waiting, release and grant.
+    /// Ports redsync `TestScripts_Hash` by intent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn locking_survives_a_script_cache_flush() {
+        // Its scripts must match what Redis loads; lockattr's scripts keep working when Redis
+        // forgets them (`SCRIPT FLUSH`, as after a restart or failover): renewal, waiting, release
+        // and grant.
         let server = RedisServer::start();
         let (a, b) = (locker(&server).await, locker(&server).await);
         let flush = || {
