@@ -51,7 +51,8 @@
 //! ```
 //!
 //! For a method that `#[async_trait]` has already rewritten, the same code replaces `BODY` in
-//! its `Box::pin(async move { ..; let __ret: R = BODY; __ret })`.
+//! its `Box::pin(async move { ..; let __ret: R = BODY; __ret })`, also when an attribute in
+//! between (`#[tracing::instrument]`) has moved that block into another `async` block.
 //!
 //! On any error the function is emitted unchanged next to the `compile_error!`s, so its callers
 //! and the IDE do not report a cascade of secondary errors.
@@ -89,11 +90,10 @@ pub(crate) fn distributed_lock(args: TokenStream, item: TokenStream) -> TokenStr
             *function.block = syn::parse_quote!({ #locked });
         }
         Shape::AsyncTrait => {
-            if let Some(expr) = check::async_trait_body_expr_mut(&mut function.block) {
-                let body = expr.to_token_stream();
-                let locked = locked_body(&args, &plan, &body);
-                *expr = syn::parse_quote!({ #locked });
-            }
+            check::replace_async_trait_body(&mut function.block, |expr| {
+                let locked = locked_body(&args, &plan, &expr.to_token_stream());
+                syn::parse_quote!({ #locked })
+            });
         }
     }
     function.into_token_stream()
