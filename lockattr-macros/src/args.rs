@@ -235,10 +235,17 @@ fn parse_key(value: &Expr, errors: &mut Errors) -> Option<Key> {
             lit: Lit::Str(lit), ..
         }) => {
             return match template::parse(&lit.value()) {
-                Ok(template) => Some(Key {
-                    lit: lit.clone(),
-                    template,
-                }),
+                Ok(template) => {
+                    // The key is kept, so its placeholders are still checked against the
+                    // function and every mistake is reported in one build.
+                    for message in template.collisions() {
+                        errors.add(lit.span(), message);
+                    }
+                    Some(Key {
+                        lit: lit.clone(),
+                        template,
+                    })
+                }
                 Err(message) => {
                     errors.add(lit.span(), message);
                     None

@@ -582,7 +582,7 @@ mod tests {
     fn pattern_arguments_and_fields() {
         let plan = run(
             quote!(
-                key = "<id>/<app.cfg.0>/<a>/<b>/<type>/<whole>",
+                key = "<id>:<app.cfg.0>:<a>:<b>:<type>:<whole>",
                 locker = app.locker
             ),
             quote!(
@@ -734,7 +734,7 @@ mod tests {
         // What `#[async_trait]` 0.1 emits for
         // `async fn f(&self, Path(id): Path<i64>, n: u8) -> Result<(), E> { body }`.
         let plan = run(
-            quote!(key = "<self.k>/<id>/<n>", locker = self.locker),
+            quote!(key = "<self.k>:<id>:<n>", locker = self.locker),
             quote!(
                 fn f<'life0, 'async_trait>(
                     &'life0 self,
