@@ -11,7 +11,7 @@ use syn::parse::{ParseStream, Parser};
 use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, Lit, LitBool, LitStr};
 
-use crate::diag::{backticked, closest, Errors};
+use crate::diag::{backticked, closest_meaning, Errors};
 use crate::duration;
 use crate::template::{self, Template};
 
@@ -175,12 +175,7 @@ fn path_text(path: &syn::Path) -> String {
 }
 
 fn unknown_argument(name: &str) -> String {
-    let lower = name.to_lowercase();
-    let synonym = SYNONYMS
-        .iter()
-        .find(|(alias, _)| *alias == lower)
-        .map(|(_, real)| *real);
-    let suggestion = synonym.or_else(|| closest(name, NAMES));
+    let suggestion = closest_meaning(name, &NAMES, SYNONYMS);
     let mut message = format!(
         "unknown argument `{name}`; expected one of {}",
         backticked(NAMES)
@@ -235,10 +230,17 @@ fn parse_key(value: &Expr, errors: &mut Errors) -> Option<Key> {
             lit: Lit::Str(lit), ..
         }) => {
             return match template::parse(&lit.value()) {
-                Ok(template) => Some(Key {
-                    lit: lit.clone(),
-                    template,
-                }),
+                Ok(template) => {
+                    // The key is kept, so its placeholders are still checked against the
+                    // function and every mistake is reported in one build.
+                    for message in template.collisions() {
+                        errors.add(lit.span(), message);
+                    }
+                    Some(Key {
+                        lit: lit.clone(),
+                        template,
+                    })
+                }
                 Err(message) => {
                     errors.add(lit.span(), message);
                     None
@@ -408,6 +410,13 @@ mod tests {
             ("lese", "lease"),
             ("kye", "key"),
             ("auto_renew", "renew"),
+            // Typos of names from other libraries, suggested like the names themselves.
+            ("tiemout", "wait"),
+            ("tll", "lease"),
+            ("leaseTiem", "lease"),
+            ("expirey", "lease"),
+            ("watchdgo", "renew"),
+            ("conection", "locker"),
         ] {
             let ident = syn::Ident::new(wrong, Span::call_site());
             let (_, e) = run(quote!(key = "k", #ident = "1s"));

@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use proc_macro2::{Ident, TokenStream};
 use quote::{quote, ToTokens};
 use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::visit_mut::VisitMut;
 use syn::{Block, Expr, ExprAsync, FnArg, ItemFn, Local, Member, Pat, ReturnType, Stmt, Type};
 
 use crate::args::{Args, DurationArg};
@@ -175,6 +177,18 @@ fn boxed_async_block(block: &Block) -> Option<&ExprAsync> {
     }
 }
 
+/// The mutable twin of [`boxed_async_block`] (the shape was checked by `check`).
+fn boxed_async_block_mut(block: &mut Block) -> Option<&mut ExprAsync> {
+    let [Stmt::Expr(Expr::Call(call), None)] = block.stmts.as_mut_slice() else {
+        return None;
+    };
+    match call.args.first_mut() {
+        Some(Expr::Async(inner)) => Some(inner),
+        _ => None,
+    }
+}
+
+/// `let __ret: R = BODY;` (`false`) or `let _: () = BODY;` (`true`, a function returning `()`).
 fn async_trait_local(stmt: &Stmt) -> Option<(&Local, bool)> {
     let Stmt::Local(local) = stmt else {
         return None;
@@ -192,10 +206,68 @@ fn async_trait_local(stmt: &Stmt) -> Option<(&Local, bool)> {
     }
 }
 
+/// Finds the block `#[async_trait]` wrote (the one holding `let __ret: R = BODY;`) inside the
+/// boxed `async` block: the boxed block itself, or a block nested in it when an attribute
+/// below `#[distributed_lock]` rewrote the method after `#[async_trait]` did
+/// (`#[tracing::instrument]` moves it into `let __tracing_instrument_future = async move {..}`,
+/// or into `match async move {..}.await` with `err`). Blocks are searched in source order,
+/// outer before inner, so the user's own body, which is `BODY`, is never searched before the
+/// block that holds it. Nested items are not searched.
+struct FindAsyncTraitBlock<'a> {
+    found: Option<&'a Block>,
+}
+
+impl<'a> Visit<'a> for FindAsyncTraitBlock<'a> {
+    fn visit_block(&mut self, block: &'a Block) {
+        if self.found.is_some() {
+            return;
+        }
+        if block.stmts.iter().any(|s| async_trait_local(s).is_some()) {
+            self.found = Some(block);
+            return;
+        }
+        syn::visit::visit_block(self, block);
+    }
+
+    fn visit_item(&mut self, _: &'a syn::Item) {}
+}
+
+/// Replaces `BODY` in the block [`FindAsyncTraitBlock`] finds.
+struct ReplaceAsyncTraitBody<F> {
+    replace: Option<F>,
+}
+
+impl<F: FnOnce(Expr) -> Expr> VisitMut for ReplaceAsyncTraitBody<F> {
+    fn visit_block_mut(&mut self, block: &mut Block) {
+        if self.replace.is_none() {
+            return;
+        }
+        let Some(index) = block
+            .stmts
+            .iter()
+            .position(|s| async_trait_local(s).is_some())
+        else {
+            syn::visit_mut::visit_block_mut(self, block);
+            return;
+        };
+        let replace = self.replace.take();
+        if let (Some(replace), Stmt::Local(local)) = (replace, &mut block.stmts[index]) {
+            if let Some(init) = &mut local.init {
+                let body = std::mem::replace(&mut *init.expr, Expr::Verbatim(TokenStream::new()));
+                *init.expr = replace(body);
+            }
+        }
+    }
+
+    fn visit_item_mut(&mut self, _: &mut syn::Item) {}
+}
+
 /// Recognises the body `#[async_trait]` generates for an `async fn`.
 pub(crate) fn async_trait_body(block: &Block) -> Option<AsyncTraitBody<'_>> {
     let inner = boxed_async_block(block)?;
-    let stmts = &inner.block.stmts;
+    let mut finder = FindAsyncTraitBlock { found: None };
+    finder.visit_block(&inner.block);
+    let stmts = &finder.found?.stmts;
     let (index, (local, unit)) = stmts
         .iter()
         .enumerate()
@@ -210,23 +282,20 @@ pub(crate) fn async_trait_body(block: &Block) -> Option<AsyncTraitBody<'_>> {
     })
 }
 
-/// The `BODY` of `let __ret: R = BODY;` in an `#[async_trait]` body, to be replaced.
-pub(crate) fn async_trait_body_expr_mut(block: &mut Block) -> Option<&mut Expr> {
-    let [Stmt::Expr(Expr::Call(call), None)] = block.stmts.as_mut_slice() else {
-        return None;
+/// Replaces the `BODY` of `let __ret: R = BODY;` in an `#[async_trait]` body with
+/// `replace(BODY)`; returns whether it was found.
+pub(crate) fn replace_async_trait_body(
+    block: &mut Block,
+    replace: impl FnOnce(Expr) -> Expr,
+) -> bool {
+    let Some(inner) = boxed_async_block_mut(block) else {
+        return false;
     };
-    let Some(Expr::Async(inner)) = call.args.first_mut() else {
-        return None;
+    let mut replacer = ReplaceAsyncTraitBody {
+        replace: Some(replace),
     };
-    inner.block.stmts.iter_mut().find_map(|stmt| match stmt {
-        Stmt::Local(local) => match &local.pat {
-            Pat::Type(typed) if matches!(&*typed.pat, Pat::Ident(i) if i.ident == "__ret") => {
-                local.init.as_mut().map(|init| &mut *init.expr)
-            }
-            _ => None,
-        },
-        _ => None,
-    })
+    replacer.visit_block_mut(&mut inner.block);
+    replacer.replace.is_none()
 }
 
 /// Names the key template may use, and the identifier that stands for `self` in the body
@@ -513,7 +582,7 @@ mod tests {
     fn pattern_arguments_and_fields() {
         let plan = run(
             quote!(
-                key = "<id>/<app.cfg.0>/<a>/<b>/<type>/<whole>",
+                key = "<id>:<app.cfg.0>:<a>:<b>:<type>:<whole>",
                 locker = app.locker
             ),
             quote!(
@@ -665,7 +734,7 @@ mod tests {
         // What `#[async_trait]` 0.1 emits for
         // `async fn f(&self, Path(id): Path<i64>, n: u8) -> Result<(), E> { body }`.
         let plan = run(
-            quote!(key = "<self.k>/<id>/<n>", locker = self.locker),
+            quote!(key = "<self.k>:<id>:<n>", locker = self.locker),
             quote!(
                 fn f<'life0, 'async_trait>(
                     &'life0 self,
@@ -703,6 +772,58 @@ mod tests {
         assert_eq!(
             plan.return_type.to_token_stream().to_string(),
             "Result < () , E >"
+        );
+    }
+
+    #[test]
+    fn async_trait_bodies_rewritten_again_by_tracing_are_recognised() {
+        // `#[tracing::instrument(err)]` between `#[async_trait]` and `#[distributed_lock]`
+        // (0.1.31) moves `#[async_trait]`'s block into `match async move { .. }.await`.
+        let mut function: ItemFn = syn::parse2(quote!(
+            fn f<'life0, 'async_trait>(
+                &'life0 self,
+                id: u8,
+            ) -> ::core::pin::Pin<
+                Box<dyn ::core::future::Future<Output = Result<u8, E>> + Send + 'async_trait>,
+            > {
+                ::std::boxed::Box::pin(async move {
+                    let __tracing_attr_span = span();
+                    let __tracing_instrument_future = async move {
+                        match async move {
+                            if let ::core::option::Option::Some(__ret) =
+                                ::core::option::Option::None::<Result<u8, E>>
+                            {
+                                return __ret;
+                            }
+                            let __self = self;
+                            let id = id;
+                            let __ret: Result<u8, E> = { Ok(id) };
+                            __ret
+                        }
+                        .await
+                        {
+                            Ok(x) => Ok(x),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    __tracing_instrument_future.await
+                })
+            }
+        ))
+        .unwrap();
+        let mut errors = Errors::default();
+        let args = args::parse(quote!(key = "<self.k>:<id>"), &mut errors);
+        let plan = check(&args, &function, &mut errors).unwrap();
+        assert!(matches!(plan.shape, Shape::AsyncTrait));
+        assert_eq!(values(&plan), ["& __self . k", "& id"]);
+        assert!(replace_async_trait_body(&mut function.block, |body| {
+            assert_eq!(body.to_token_stream().to_string(), "{ Ok (id) }");
+            syn::parse_quote!(replaced)
+        }));
+        let text = function.to_token_stream().to_string();
+        assert!(
+            text.contains("let __ret : Result < u8 , E > = replaced ;"),
+            "{text}"
         );
     }
 

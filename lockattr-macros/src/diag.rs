@@ -83,6 +83,33 @@ pub(crate) fn closest<'a>(
     best.map(|(_, c)| c)
 }
 
+/// The name `wrong` most likely stands for, among `names` and `aliases` (other spellings of
+/// the same names, `(alias, name)`): the name of an alias spelled exactly (in any case), else
+/// the [`closest`] of the names and aliases together, an alias standing for its name. So a
+/// typo of an alias (`tiemout` for `timeout`) gets the same suggestion as the alias.
+pub(crate) fn closest_meaning<'a>(
+    wrong: &str,
+    names: &[&'a str],
+    aliases: &[(&str, &'a str)],
+) -> Option<&'a str> {
+    let lower = wrong.to_lowercase();
+    if let Some((_, name)) = aliases.iter().find(|(alias, _)| *alias == lower) {
+        return Some(name);
+    }
+    // Names first, so a tie goes to the name itself.
+    let candidates = names
+        .iter()
+        .copied()
+        .chain(aliases.iter().map(|(alias, _)| *alias));
+    let found = closest(wrong, candidates)?;
+    let name = match aliases.iter().find(|(alias, _)| *alias == found) {
+        Some((_, name)) => name,
+        None => names.iter().find(|name| **name == found)?,
+    };
+    // `key` is close to its own alias `keys`: a name is not a suggestion for itself.
+    (*name != wrong).then_some(*name)
+}
+
 /// `` `a`, `b`, `c` ``: names in backticks, for "expected one of" lists.
 pub(crate) fn backticked<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     names
@@ -123,6 +150,31 @@ mod tests {
             "an exact match is not a suggestion"
         );
         assert_eq!(closest("lese", ["key", "wait", "lease"]), Some("lease"));
+    }
+
+    #[test]
+    fn meanings_through_aliases() {
+        let names = ["key", "wait", "lease"];
+        let aliases = [("timeout", "wait"), ("ttl", "lease"), ("expiry", "lease")];
+        let meaning = |wrong| closest_meaning(wrong, &names, &aliases);
+        // Aliases, exactly and in another case.
+        assert_eq!(meaning("timeout"), Some("wait"));
+        assert_eq!(meaning("TTL"), Some("lease"));
+        // Typos of names.
+        assert_eq!(meaning("lese"), Some("lease"));
+        assert_eq!(meaning("kye"), Some("key"));
+        // Typos of aliases.
+        assert_eq!(meaning("tiemout"), Some("wait"));
+        assert_eq!(meaning("timout"), Some("wait"));
+        assert_eq!(meaning("tll"), Some("lease"));
+        assert_eq!(meaning("expirey"), Some("lease"));
+        assert_eq!(meaning("Expiry"), Some("lease"));
+        // Nothing close.
+        assert_eq!(meaning("fairness"), None);
+        assert_eq!(meaning("x"), None);
+        // A name is never its own suggestion, not even through a close alias of it.
+        assert_eq!(meaning("wait"), None);
+        assert_eq!(closest_meaning("key", &["key"], &[("keys", "key")]), None);
     }
 
     #[test]

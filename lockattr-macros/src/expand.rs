@@ -26,15 +26,15 @@
 //!         // with `locker = self.locker`: Clone::clone(AsLocker::as_locker(&(self.locker)))
 //!         ::core::result::Result::Ok(__lockattr_locker) => {
 //!             ::lockattr::__private::run(__lockattr_locker, __lockattr_key, __lockattr_options,
-//!                 async move {
+//!                 async move { // the body's own braces: the body is not nested in a block
 //!                     // Types the block as the function's return type before the body is
 //!                     // checked, so `?` and `return` in the body resolve as they did before.
 //!                     if let ::core::option::Option::Some(__lockattr_never) =
 //!                         ::core::option::Option::None::<Result<Participant, AppError>>
 //!                     {
 //!                         return __lockattr_never;
-//!                     }
-//!                     { body }
+//!                     };
+//!                     body's statements
 //!                 },
 //!             )
 //!             .await
@@ -51,7 +51,8 @@
 //! ```
 //!
 //! For a method that `#[async_trait]` has already rewritten, the same code replaces `BODY` in
-//! its `Box::pin(async move { ..; let __ret: R = BODY; __ret })`.
+//! its `Box::pin(async move { ..; let __ret: R = BODY; __ret })`, also when an attribute in
+//! between (`#[tracing::instrument]`) has moved that block into another `async` block.
 //!
 //! On any error the function is emitted unchanged next to the `compile_error!`s, so its callers
 //! and the IDE do not report a cascade of secondary errors.
@@ -60,7 +61,7 @@ use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{ItemFn, LitStr, Type};
+use syn::{Block, Expr, ExprBlock, ItemFn, LitStr, Stmt, Type};
 
 use crate::args::{self, Args, DurationArg, RenewArg};
 use crate::check::{self, Plan, Shape};
@@ -84,16 +85,15 @@ pub(crate) fn distributed_lock(args: TokenStream, item: TokenStream) -> TokenStr
     };
     match plan.shape {
         Shape::AsyncFn => {
-            let body = function.block.to_token_stream();
-            let locked = locked_body(&args, &plan, &body);
+            let body = (*function.block).clone();
+            let locked = locked_body(&args, &plan, body);
             *function.block = syn::parse_quote!({ #locked });
         }
         Shape::AsyncTrait => {
-            if let Some(expr) = check::async_trait_body_expr_mut(&mut function.block) {
-                let body = expr.to_token_stream();
-                let locked = locked_body(&args, &plan, &body);
-                *expr = syn::parse_quote!({ #locked });
-            }
+            check::replace_async_trait_body(&mut function.block, |expr| {
+                let locked = locked_body(&args, &plan, into_block(expr));
+                syn::parse_quote!({ #locked })
+            });
         }
     }
     function.into_token_stream()
@@ -128,7 +128,7 @@ fn internal(name: &str) -> Ident {
 
 /// The statements that replace the body: build the key, pick the locker, run the body under
 /// the lock, turn a lock error into the function's error type.
-fn locked_body(args: &Args, plan: &Plan, body: &TokenStream) -> TokenStream {
+fn locked_body(args: &Args, plan: &Plan, body: Block) -> TokenStream {
     let key = internal("__lockattr_key");
     let options = internal("__lockattr_options");
     let locker = internal("__lockattr_locker");
@@ -227,17 +227,47 @@ fn options_builder(args: &Args) -> TokenStream {
     options
 }
 
-/// `async move { <typing hint>; body }`.
-fn body_future(plan: &Plan, body: &TokenStream) -> TokenStream {
+/// `async move { <typing hint>; body's statements }`, in the body's own braces.
+///
+/// The body is not nested as a block inside the `async` block (`async move { hint; { body } }`):
+/// a block that is the tail of another block is what `unused_braces` looks for, and as the
+/// braces are the user's tokens, rustc would blame the user's code for a one-line body (issue
+/// 14). Giving the `async` block the user's braces leaves no inner block at all, keeps the
+/// body's statements in one scope exactly as written, and keeps the braces' spans, which type
+/// errors about the body's value point at.
+fn body_future(plan: &Plan, mut body: Block) -> TokenStream {
     let never = internal("__lockattr_never");
     let mut hint_type = plan.return_type.clone();
     EraseImplTrait.visit_type_mut(&mut hint_type);
+    // With its `;`, the hint is a statement even when the body is empty, so an empty body is
+    // reported as the user's mismatched `()`, not as an `if` without `else`.
+    let hint: Stmt = syn::parse_quote! {
+        if let ::core::option::Option::Some(#never) = ::core::option::Option::None::<#hint_type> {
+            return #never;
+        };
+    };
+    body.stmts.insert(0, hint);
     quote! {
-        async move {
-            if let ::core::option::Option::Some(#never) = ::core::option::Option::None::<#hint_type> {
-                return #never;
+        async move #body
+    }
+}
+
+/// The block of `let __ret: R = BODY;` in an `#[async_trait]` body: `BODY` itself when it is
+/// a plain block (as `#[async_trait]` emits it), else a block around it.
+fn into_block(expr: Expr) -> Block {
+    match expr {
+        Expr::Block(ExprBlock {
+            attrs,
+            label: None,
+            block,
+            ..
+        }) if attrs.is_empty() => block,
+        other => {
+            let span = other.span();
+            Block {
+                brace_token: syn::token::Brace(span),
+                stmts: vec![Stmt::Expr(other, None)],
             }
-            #body
         }
     }
 }
@@ -294,7 +324,7 @@ mod tests {
             ". wait (:: core :: time :: Duration :: from_millis (100000u64)) . lease (:: core :: time :: Duration :: from_millis (2000u64))",
             ":: lockattr :: __private :: default_locker ()",
             ":: core :: option :: Option :: None :: < Result < P , AppError > >",
-            "{ body (name) . await }",
+            "return __lockattr_never ; } ; body (name) . await }",
             ":: lockattr :: __private :: LockReturn :: from_lock_error (__lockattr_error)",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in\n{out}");
@@ -303,6 +333,63 @@ mod tests {
             !out.contains(".renew"),
             "renew is left to the default: {out}"
         );
+    }
+
+    /// The `async` blocks of an expansion, outermost first.
+    fn async_blocks(out: &str) -> Vec<syn::ExprAsync> {
+        struct Collect(Vec<syn::ExprAsync>);
+        impl<'a> syn::visit::Visit<'a> for Collect {
+            fn visit_expr_async(&mut self, node: &'a syn::ExprAsync) {
+                self.0.push(node.clone());
+                syn::visit::visit_expr_async(self, node);
+            }
+        }
+        let file: syn::File = syn::parse_str(out).unwrap();
+        let mut collect = Collect(Vec::new());
+        syn::visit::Visit::visit_file(&mut collect, &file);
+        collect.0
+    }
+
+    #[test]
+    fn the_body_is_not_nested_in_a_block() {
+        // `async move { hint; { Ok(id) } }` would make rustc's `unused_braces` blame the
+        // user's braces for a one-line body (issue 14).
+        for (body, tail) in [
+            (quote!({ Ok(id) }), "Ok (id)"),
+            (
+                quote!({
+                    let x = id;
+                    return Ok(x);
+                }),
+                "return Ok (x) ;",
+            ),
+            (
+                quote!({
+                    {
+                        Ok(id)
+                    }
+                }),
+                "{ Ok (id) }",
+            ),
+        ] {
+            let out = expand_to_string(
+                quote!(key = "k:<id>"),
+                quote!(async fn f(id: u8) -> Result<u8, E> #body),
+            );
+            let blocks = async_blocks(&out);
+            let [future] = blocks.as_slice() else {
+                panic!("one async block expected in {out}");
+            };
+            let stmts = &future.block.stmts;
+            assert!(
+                matches!(&stmts[0], Stmt::Expr(Expr::If(_), Some(_))),
+                "the hint comes first, as a statement: {out}"
+            );
+            let rest: TokenStream = stmts[1..].iter().map(ToTokens::to_token_stream).collect();
+            assert!(rest.to_string().ends_with(tail), "{body} gave {out}");
+            let user = syn::parse2::<Block>(body).unwrap();
+            assert_eq!(stmts.len(), 1 + user.stmts.len(), "{out}");
+        }
     }
 
     #[test]

@@ -189,4 +189,5 @@ pub use locker::{Locker, LockerBuilder};
 pub use request::LockRequest;
 
 #[doc(inline)]
+#[doc = include_str!("distributed_lock.md")]
 pub use lockattr_macros::distributed_lock;

@@ -4,7 +4,8 @@
 //! `cargo clippy -p lockattr-tests --all-targets -- -D warnings` the Clippy ones. The functions
 //! cover every shape of expansion (default and explicit locker, fixed and runtime durations,
 //! fields, methods, generics, `impl Trait`, `#[async_trait]`), and the tests run some of them so
-//! the file is not only compiled.
+//! the file is not only compiled. Every shape of *body* (one line, statements, `return`, `?`,
+//! `async` blocks, stacked attributes) is covered by `macro_lint_matrix.rs`.
 
 #![deny(warnings, clippy::pedantic)]
 

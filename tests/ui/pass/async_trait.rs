@@ -33,7 +33,7 @@ impl Parties for Service {
         Ok(format!("{name}@{}", self.shard))
     }
 
-    #[distributed_lock(key = "pair:<a>-<b>")]
+    #[distributed_lock(key = "pair:<a>:<b>")]
     async fn pair(&self, Pair(a, b): Pair) -> Result<i64, lockattr::Error> {
         Ok(a + b)
     }

@@ -35,7 +35,7 @@ pub async fn fields(party: &Party) -> Result<i64, lockattr::Error> {
     Ok(party.id)
 }
 
-#[distributed_lock(key = "ref:<name>/<tag>", wait = "0s", lease = "1m30s", renew = false)]
+#[distributed_lock(key = "ref:<name>:<tag>", wait = "0s", lease = "1m30s", renew = false)]
 async fn references<'a, 'b: 'a>(
     name: &'a str,
     tag: &'b mut String,

@@ -30,10 +30,43 @@ impl Svc {
     }
 }
 
+// Under `#[async_trait]`, in both orders. With the span on top, `#[tracing::instrument]`
+// rewrites what `#[async_trait]` made of the method before `#[distributed_lock]` sees it.
+#[async_trait::async_trait]
+pub trait Traced {
+    async fn lock_then_span(&self, id: u64) -> Result<u64, lockattr::Error>;
+    async fn span_then_lock(&self, id: u64) -> Result<u64, lockattr::Error>;
+    async fn span_with_err_then_lock(&self, id: u64) -> Result<u64, lockattr::Error>;
+}
+
+#[async_trait::async_trait]
+impl Traced for Svc {
+    #[distributed_lock(key = "trait_outer:<id>")]
+    #[tracing::instrument(skip(self))]
+    async fn lock_then_span(&self, id: u64) -> Result<u64, lockattr::Error> {
+        Ok(id)
+    }
+
+    #[tracing::instrument(skip(self))]
+    #[distributed_lock(key = "trait_inner:<id>")]
+    async fn span_then_lock(&self, id: u64) -> Result<u64, lockattr::Error> {
+        Ok(id)
+    }
+
+    #[tracing::instrument(skip(self), err)]
+    #[distributed_lock(key = "trait_inner_err:<id>")]
+    async fn span_with_err_then_lock(&self, id: u64) -> Result<u64, lockattr::Error> {
+        Ok(id)
+    }
+}
+
 fn assert_send<F: std::future::Future + Send>(_: &F) {}
 
 fn main() {
     assert_send(&lock_then_span(1));
     assert_send(&span_then_lock(1, vec![]));
     assert_send(&Svc.method(1));
+    assert_send(&Traced::lock_then_span(&Svc, 1));
+    assert_send(&Traced::span_then_lock(&Svc, 1));
+    assert_send(&Traced::span_with_err_then_lock(&Svc, 1));
 }
