@@ -93,10 +93,14 @@
 //! `lock:{party:42}`, and its release channel is `lock:{party:42}:released`: both share the
 //! hash tag `{party:42}`, so they live in one Redis Cluster slot. In a key, `%`, `{`, `}` and control characters are written `%XX` (their UTF-8
 //! bytes in hex); in a value substituted into an attribute template, `:` is escaped as well.
-//! So escaping is injective: `key = "party:<id>"` with `id = "1:2"` locks `party:1%3A2`, which
-//! no other template or value can produce, and no value can break out of the hash tag. A key
-//! that is empty, or longer than [`MAX_KEY_LEN`] bytes once escaped, is refused with
-//! [`Error::InvalidKey`].
+//! So escaping is injective and a value cannot forge another key of the same template:
+//! `key = "party:<a>:<b>"` renders `(1, 2)` as `party:1:2` and `("1:2", "")` as `party:1%3A2:`.
+//! The attribute refuses templates whose placeholders could run together (two placeholders
+//! must be separated by literal text containing `:`; see [`distributed_lock`]), and no value
+//! can break out of the hash tag. Keys of *different* templates can coincide if the templates
+//! are written to (`"party:1<b>"` with `b = ":2"` is `party:1%3A2` too): give each kind of
+//! resource its own prefix. A key that is empty, or longer than [`MAX_KEY_LEN`] bytes once
+//! escaped, is refused with [`Error::InvalidKey`].
 //!
 //! # Durations and defaults
 //!

@@ -579,9 +579,11 @@ mod fencing {
         let g = b.lock("lock").await.unwrap();
         tokens.push(g.fencing_token());
         g.release().await.unwrap();
+        // By intent: Redisson counts by one; lockattr's tokens are Redis's clock in µs, so they
+        // strictly increase (with gaps) across every way of acquiring.
         assert!(
-            tokens.windows(2).all(|w| w[1] == w[0] + 1),
-            "tokens count by one: {tokens:?}"
+            tokens.windows(2).all(|w| w[1] > w[0]),
+            "tokens strictly increase: {tokens:?}"
         );
     }
 }
@@ -626,8 +628,11 @@ mod faults {
         // Its last attempt at the deadline may meet the pause: then Redis's silence is reported
         // (after the operation timeout), not a misleading `Timeout`.
         assert!(
-            matches!(r, Err(Error::Timeout { .. } | Error::Redis(_))),
-            "expected Timeout or Redis, got {r:?}"
+            matches!(
+                r,
+                Err(Error::Timeout { .. } | Error::Redis(_) | Error::OperationTimeout { .. })
+            ),
+            "expected Timeout, Redis or OperationTimeout, got {r:?}"
         );
         assert!(
             elapsed < Duration::from_millis(2_300),

@@ -46,8 +46,11 @@ mod expiry {
             .await
             .expect("the lease ran out");
         let lost_after = asked.elapsed();
+        // Declared at the lease clock's deadline: the lease minus its margin (5 %, at most
+        // 50 ms), before Redis can expire the key.
         assert!(
-            lost_after >= lease && lost_after < lease + Duration::from_millis(300),
+            lost_after >= lease - Duration::from_millis(15)
+                && lost_after < lease + Duration::from_millis(300),
             "declared lost {lost_after:?} after the acquire was sent, lease {lease:?}"
         );
         assert!(!first.is_held());
@@ -113,7 +116,13 @@ mod using {
             })
             .await
             .expect("renewed, not lost");
-        assert_eq!(after, Some(before), "the same lock, renewed");
+        // The same owner throughout (the first renewal records the fencing token beside it).
+        let owner = |v: &[u8]| v[..32].to_vec();
+        assert_eq!(
+            after.as_deref().map(owner),
+            Some(owner(&before)),
+            "the same lock, renewed"
+        );
         assert!(!is_locked(&server, &key), "released when the body returned");
     }
 
