@@ -191,6 +191,7 @@ pub use inspect::LockInfo;
 pub use key::MAX_KEY_LEN;
 pub use locker::{Locker, LockerBuilder};
 pub use request::LockRequest;
+pub use store::MemoryStore;
 
 #[doc(inline)]
 #[doc = include_str!("distributed_lock.md")]

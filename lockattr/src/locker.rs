@@ -9,7 +9,7 @@ use crate::core::Core;
 use crate::inspect::LockInfo;
 use crate::key::{LockKey, RedisNames};
 use crate::request::LockRequest;
-use crate::store::Store;
+use crate::store::{MemoryStore, Store};
 use crate::Error;
 
 /// A handle to a Redis deployment for taking locks.
@@ -71,6 +71,57 @@ impl Locker {
     /// Starts configuring a `Locker` for the Redis at `url` (`redis://host:port/db`).
     pub fn builder(url: impl Into<String>) -> LockerBuilder {
         LockerBuilder::new(Target::Url(url.into()))
+    }
+
+    /// A `Locker` on a new in-memory store, for tests without Redis: the same semantics
+    /// (exclusion, waiting, leases by tokio's clock so that `tokio::time::pause` works,
+    /// renewal, loss, fencing tokens, re-entry, cancellation safety, the same errors), in this
+    /// process only. Clones share the store; [`MemoryStore`] makes several lockers that behave
+    /// like several processes on one Redis.
+    ///
+    /// It is not a lock between processes (nothing leaves the process), and it never fails the
+    /// way a network does: it is for unit tests of code that takes locks, not for production.
+    /// It needs no runtime to be created, and a Tokio runtime to be used.
+    ///
+    /// A test of an annotated function, with time paused (leases and waits follow tokio's
+    /// clock, so a 30 s wait takes no real time):
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[lockattr::distributed_lock(key = "seat:<seat>", wait = "30s", lease = "10s")]
+    /// async fn book(seat: u32) -> Result<u32, lockattr::Error> {
+    ///     tokio::time::sleep(Duration::from_secs(20)).await; // longer than the lease: renewed
+    ///     Ok(seat)
+    /// }
+    ///
+    /// #[tokio::test(start_paused = true)]
+    /// async fn bookings_of_one_seat_take_turns() {
+    ///     lockattr::set_default(lockattr::Locker::in_memory());
+    ///     let started = tokio::time::Instant::now();
+    ///     let (a, b) = tokio::join!(book(7), book(7));
+    ///     assert_eq!((a.unwrap(), b.unwrap()), (7, 7));
+    ///     assert!(started.elapsed() >= Duration::from_secs(40), "one after the other");
+    /// }
+    /// # fn main() {
+    /// #     tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+    /// #         .block_on(async {
+    /// #             lockattr::set_default(lockattr::Locker::in_memory());
+    /// #             let started = tokio::time::Instant::now();
+    /// #             let (a, b) = tokio::join!(book(7), book(7));
+    /// #             assert_eq!((a.unwrap(), b.unwrap()), (7, 7));
+    /// #             assert!(started.elapsed() >= Duration::from_secs(40));
+    /// #         });
+    /// # }
+    /// ```
+    pub fn in_memory() -> Locker {
+        MemoryStore::new().locker()
+    }
+
+    pub(crate) fn on_memory(store: MemoryStore, config: Config) -> Locker {
+        Locker {
+            core: Core::new(Store::memory(&store), config),
+        }
     }
 
     /// Starts configuring a `Locker` over a redis-rs client you built: for TLS with your own
@@ -198,6 +249,7 @@ impl Locker {
 enum Target {
     Url(String),
     Client(Box<redis::Client>),
+    Memory(MemoryStore),
 }
 
 /// Settings for a [`Locker`]; create it with [`Locker::builder`].
@@ -214,6 +266,10 @@ impl LockerBuilder {
             target,
             config: Config::default(),
         }
+    }
+
+    pub(crate) fn on_memory(store: MemoryStore) -> Self {
+        LockerBuilder::new(Target::Memory(store))
     }
 
     /// Prefix of every Redis key (default `lock`). Lock `party:42` lives at
@@ -270,11 +326,13 @@ impl LockerBuilder {
     pub async fn build(self) -> Result<Locker, Error> {
         let config = self.config;
         config.check()?;
-        let client = match self.target {
-            Target::Url(url) => redis::Client::open(url.as_str())?,
-            Target::Client(client) => *client,
+        let store = match self.target {
+            Target::Url(url) => {
+                Store::standalone(redis::Client::open(url.as_str())?, config.op_timeout).await?
+            }
+            Target::Client(client) => Store::standalone(*client, config.op_timeout).await?,
+            Target::Memory(store) => Store::memory(&store),
         };
-        let store = Store::standalone(client, config.op_timeout).await?;
         Ok(Locker {
             core: Core::new(store, config),
         })

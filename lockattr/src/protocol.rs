@@ -91,7 +91,6 @@ pub(crate) fn grant_lease(lease: Duration, renew: bool) -> Duration {
 
 /// Whether a registration made at `registered_ms` for a grant of `grant_lease_ms` may still be
 /// granted at `now_ms` (Redis's clock).
-#[allow(dead_code)] // used by the in-memory store (the next commit)
 pub(crate) fn registration_live(now_ms: u64, registered_ms: u64, grant_lease_ms: u64) -> bool {
     now_ms.saturating_sub(registered_ms) <= grant_lease_ms / 2
 }
@@ -169,7 +168,6 @@ impl<'a> LockValue<'a> {
     }
 
     /// The value as stored.
-    #[allow(dead_code)] // used by the in-memory store (the next commit)
     pub(crate) fn render(&self) -> String {
         let mut v = String::with_capacity(2 * TOKEN_LEN + 48);
         v.push_str(self.owner);
@@ -251,15 +249,6 @@ impl Announcement {
         match granted {
             Some((token, fence)) => Announcement::Granted { token, fence },
             None => Announcement::Released,
-        }
-    }
-
-    /// The message as published.
-    #[allow(dead_code)] // used by the in-memory store (the next commit)
-    pub(crate) fn render(&self) -> String {
-        match self {
-            Announcement::Released => String::new(),
-            Announcement::Granted { token, fence } => format!("{token}:{fence}"),
         }
     }
 }
@@ -391,7 +380,6 @@ mod tests {
                 fence: 1_764_578_644_123_456
             }
         );
-        assert_eq!(Announcement::parse(g.render().as_bytes()), g);
         assert_eq!(Announcement::parse(b"garbage"), Announcement::Released);
         assert_eq!(Announcement::parse(b"xyz:12"), Announcement::Released);
     }

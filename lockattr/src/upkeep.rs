@@ -32,7 +32,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -168,6 +168,7 @@ impl Hold {
             return;
         }
         let timers = &self.timers;
+        timers.ensure_running();
         let id = timers.next_id.fetch_add(1, Ordering::Relaxed);
         let mut queue = lock(&timers.queue);
         if let Some(old) = st.queued.take() {
@@ -436,6 +437,8 @@ pub(crate) struct Timers {
     epoch: Instant,
     /// Nanoseconds after `epoch` at which the scheduler wakes next at the latest.
     armed: AtomicU64,
+    /// The scheduler task, started when the first hold registers (on that hold's runtime).
+    task: OnceLock<JoinHandle<()>>,
 }
 
 /// Longest sleep of an idle scheduler. Bounds how far `armed` can lag behind the queue, so a
@@ -443,18 +446,20 @@ pub(crate) struct Timers {
 /// due.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-/// Aborts the scheduler task when the `Locker` (its last clone) is dropped.
+/// Stops the scheduler task when the `Locker` (its last clone) is dropped.
 #[derive(Debug)]
-pub(crate) struct SchedulerTask(JoinHandle<()>);
+pub(crate) struct SchedulerTask(Arc<Timers>);
 
 impl Drop for SchedulerTask {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = self.0.task.get() {
+            task.abort();
+        }
     }
 }
 
 impl Timers {
-    /// The queue, and the task that runs it (on the current runtime).
+    /// The queue; its task starts with the first hold.
     pub(crate) fn start() -> (Arc<Timers>, SchedulerTask) {
         let timers = Arc::new(Timers {
             queue: Mutex::new(BTreeMap::new()),
@@ -462,9 +467,15 @@ impl Timers {
             wake: Notify::new(),
             epoch: Instant::now(),
             armed: AtomicU64::new(0),
+            task: OnceLock::new(),
         });
-        let task = SchedulerTask(tokio::spawn(timers.clone().run()));
-        (timers, task)
+        (timers.clone(), SchedulerTask(timers))
+    }
+
+    /// Starts the scheduler task if it is not running (holds register from async code, so a
+    /// runtime is there).
+    fn ensure_running(self: &Arc<Self>) {
+        self.task.get_or_init(|| tokio::spawn(self.clone().run()));
     }
 
     fn armed_until(&self) -> Instant {

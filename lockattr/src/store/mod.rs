@@ -8,6 +8,7 @@
 
 mod channels;
 mod conn;
+mod memory;
 mod pubsub;
 mod redis;
 
@@ -17,6 +18,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub(crate) use self::channels::Subscription;
+pub use self::memory::MemoryStore;
+use self::memory::MemoryView;
 use self::redis::RedisStore;
 use crate::key::RedisNames;
 use crate::protocol::{AttemptReply, ReleaseReply};
@@ -39,7 +42,11 @@ pub(crate) enum AttemptKind<'a> {
 #[derive(Clone, Debug)]
 pub(crate) enum Store {
     Redis(Arc<RedisStore>),
+    Memory(Arc<MemoryView>),
 }
+
+/// How long an in-memory operation may take: it never waits, so any deadline will do.
+const MEMORY_DEADLINE: Duration = Duration::from_secs(3600);
 
 impl Store {
     /// One Redis server.
@@ -52,10 +59,16 @@ impl Store {
         )))
     }
 
+    /// One `Locker`'s view of an in-memory store.
+    pub(crate) fn memory(store: &MemoryStore) -> Store {
+        Store::Memory(Arc::new(store.view()))
+    }
+
     /// The deadline of one operation started now.
     pub(crate) fn deadline(&self) -> Instant {
         match self {
             Store::Redis(r) => r.deadline(),
+            Store::Memory(_) => Instant::now() + MEMORY_DEADLINE,
         }
     }
 
@@ -70,6 +83,7 @@ impl Store {
     ) -> Result<AttemptReply, Error> {
         match self {
             Store::Redis(r) => r.attempt(names, token, lease, kind, until).await,
+            Store::Memory(m) => Ok(m.attempt(names, token, lease, kind)),
         }
     }
 
@@ -83,6 +97,7 @@ impl Store {
     ) -> Result<ReleaseReply, Error> {
         match self {
             Store::Redis(r) => r.release(names, token, until).await,
+            Store::Memory(m) => Ok(m.release(names, token)),
         }
     }
 
@@ -97,6 +112,7 @@ impl Store {
     ) -> Result<bool, Error> {
         match self {
             Store::Redis(r) => r.renew(names, token, fence, lease, until).await,
+            Store::Memory(m) => Ok(m.renew(names, token, lease)),
         }
     }
 
@@ -116,6 +132,7 @@ impl Store {
                 r.handoff(names, old_token, old_fence, new_token, lease, until)
                     .await
             }
+            Store::Memory(m) => Ok(m.handoff(names, old_token, new_token, lease)),
         }
     }
 
@@ -127,6 +144,7 @@ impl Store {
     ) -> Result<Option<(String, Option<u64>)>, Error> {
         match self {
             Store::Redis(r) => r.inspect(names, until).await,
+            Store::Memory(m) => Ok(m.inspect(names)),
         }
     }
 
@@ -138,6 +156,7 @@ impl Store {
     ) -> Result<i64, Error> {
         match self {
             Store::Redis(r) => r.force_unlock(names, until).await,
+            Store::Memory(m) => Ok(m.force_unlock(names)),
         }
     }
 
@@ -146,21 +165,26 @@ impl Store {
     pub(crate) async fn subscribe(&self, channel: String) -> Subscription {
         match self {
             Store::Redis(r) => r.subscribe(channel).await,
+            Store::Memory(m) => m.subscribe(channel),
         }
     }
 
     /// Withdraws, in the background, a token that may hold the lock or be its registered
     /// waiter (see `scripts::WITHDRAW_BODY`).
     pub(crate) fn spawn_withdraw(&self, names: Arc<RedisNames>, token: String) {
+        if let Store::Memory(m) = self {
+            m.withdraw(&names, &token);
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return; // without a runtime, the lock or the registration expires by itself
         };
         let store = self.clone();
         rt.spawn(async move {
             let until = store.deadline();
-            let _ = match &store {
-                Store::Redis(r) => r.withdraw(&names, &token, until).await,
-            };
+            if let Store::Redis(r) = &store {
+                let _ = r.withdraw(&names, &token, until).await;
+            }
         });
     }
 
@@ -173,6 +197,13 @@ impl Store {
         tokens: Vec<String>,
         then: impl FnOnce() + Send + 'static,
     ) {
+        if let Store::Memory(m) = self {
+            for token in &tokens {
+                m.release(&names, token);
+            }
+            then();
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             then();
             return;
