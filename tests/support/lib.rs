@@ -13,6 +13,8 @@
 //! - [`cluster::RedisCluster`]: masters with replicas, failover and kill helpers.
 //! - [`sentinel::RedisSentinel`]: a master, replicas and sentinels, failover helpers.
 //! - [`proxy::Proxy`]: delays, stalls, fragmentation, cuts between a client and a server.
+//! - [`history`]: records of critical sections and the checker that judges them;
+//!   [`chaos`] drives proxies at random while a history is recorded.
 //!
 //! When `redis-server`, `redis-cli` or `openssl` is missing the harness panics with install
 //! instructions ([`binaries`]): Redis tests never skip silently.
@@ -31,7 +33,10 @@ use std::time::{Duration, Instant};
 
 pub mod acl;
 pub mod binaries;
+pub mod chaos;
+pub mod clock;
 pub mod cluster;
+pub mod history;
 pub mod proxy;
 pub mod rng;
 pub mod sentinel;
