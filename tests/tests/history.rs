@@ -301,8 +301,8 @@ async fn history_under_chaos() {
         duration: Duration::from_secs(secs),
         lease: Duration::from_millis(500),
         hold_max: Duration::from_millis(2),
-        // Some sections outlast a third of the lease, so renewals run under faults.
-        long_holds: (50, Duration::from_millis(400)),
+        // Some sections outlast the lease, so renewals must succeed under the faults.
+        long_holds: (20, Duration::from_millis(1200)),
         mode: LockMode::Lockattr,
         // The last seconds are calm: everything must work again once the network is fine.
         chaos: Some(Duration::from_secs(secs - 4)),

@@ -362,9 +362,12 @@ impl Task {
             tally.attempts += 1;
             let key =
                 self.config.keys[self.rng.range(0..self.config.keys.len() as u64) as usize].clone();
-            let hold = self
-                .rng
-                .duration(self.config.hold_min, self.config.hold_max);
+            let c = &self.config;
+            let hold = if self.rng.range(0..1000) < u64::from(c.long_hold_permille) {
+                self.rng.duration(c.hold_max, c.long_hold_max)
+            } else {
+                self.rng.duration(c.hold_min, c.hold_max)
+            };
             let id = format!(
                 "p{}.l{}.t{}.{n}",
                 self.config.process, self.locker, self.task
