@@ -469,10 +469,8 @@ fn owned(args: &[&str]) -> Vec<String> {
 /// it fails or prints a Redis error reply (`-e`: without it redis-cli exits with 0 after an
 /// error reply).
 pub(crate) fn run_cli(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("run redis-cli: {e}"))?;
+    // `--cluster create` waits for the cluster to join; a minute is far beyond that.
+    let out = binaries::run_bounded(cmd, Duration::from_secs(60))?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     if out.status.success() {

@@ -10,7 +10,7 @@
 //! server.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::binaries::openssl_binary;
 
@@ -192,10 +192,8 @@ fn read(path: &Path) -> Vec<u8> {
 }
 
 fn openssl(cmd: &mut Command) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run openssl: {e} ({})", crate::binaries::OPENSSL_HINT));
+    let out = crate::binaries::run_bounded(cmd, std::time::Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e} ({})", crate::binaries::OPENSSL_HINT));
     assert!(
         out.status.success(),
         "openssl {:?} failed ({}):\n{}{}",

@@ -4,10 +4,11 @@
 //!
 //! Start-up and failover times are printed (`cargo test --test harness -- --nocapture`).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lockattr_tests::acl::url_with_credentials;
+use lockattr_tests::binaries::run_bounded;
 use lockattr_tests::{
     openssl_binary, redis_cli_binary, ClientAuth, RedisCluster, RedisSentinel, RedisServer,
     TlsFiles,
@@ -24,16 +25,14 @@ mod tls {
 
     /// `openssl s_client` against the server: the handshake's verification line and success.
     fn s_client(server: &RedisServer, ca: &std::path::Path, verify: &[&str]) -> (bool, String) {
-        let out = Command::new(openssl_binary())
-            .args(["s_client", "-connect"])
+        let mut cmd = Command::new(openssl_binary());
+        cmd.args(["s_client", "-connect"])
             .arg(server.addr().to_string())
             .arg("-CAfile")
             .arg(ca)
             .args(verify)
-            .args(["-verify_return_error", "-brief"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run openssl s_client");
+            .args(["-verify_return_error", "-brief"]);
+        let out = run_bounded(&mut cmd, Duration::from_secs(30)).expect("run openssl s_client");
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)
@@ -41,15 +40,13 @@ mod tls {
 
     /// `redis-cli --tls ... PING` with the given extra TLS arguments.
     fn cli_ping(server: &RedisServer, tls_args: &[&std::ffi::OsStr]) -> Result<String, String> {
-        let out = Command::new(redis_cli_binary())
-            .args(["-e", "-h", "127.0.0.1", "-p"])
+        let mut cmd = Command::new(redis_cli_binary());
+        cmd.args(["-e", "-h", "127.0.0.1", "-p"])
             .arg(server.port().to_string())
             .arg("--tls")
             .args(tls_args)
-            .arg("PING")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli");
+            .arg("PING");
+        let out = run_bounded(&mut cmd, Duration::from_secs(30)).expect("run redis-cli");
         let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if out.status.success() {
             Ok(text)
