@@ -317,7 +317,7 @@ async fn connection(
         _ = cut.changed() => Err(std::io::ErrorKind::ConnectionAborted.into()),
     };
     let Ok(mut server) = server else {
-        let _ = client.set_zero_linger();
+        reset_on_close(&client);
         return;
     };
     let _ = client.set_nodelay(true);
@@ -347,9 +347,18 @@ async fn connection(
     };
     if was_cut {
         // Abortive close: both peers see a reset, as after a network failure.
-        let _ = client.set_zero_linger();
-        let _ = server.set_zero_linger();
+        reset_on_close(&client);
+        reset_on_close(&server);
     }
+}
+
+/// Makes closing `stream` send a reset (`SO_LINGER` 0) instead of an orderly end of stream.
+fn reset_on_close(stream: &TcpStream) {
+    // `set_linger` is deprecated from Tokio 1.50 because a *non-zero* linger blocks the thread
+    // on drop; zero does not. Its replacement, `set_zero_linger`, needs 1.50, and the workspace
+    // asks only for 1.47.
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(Duration::ZERO));
 }
 
 /// Bytes read from one side, waiting to be written to the other. Empty `data` is the end of
