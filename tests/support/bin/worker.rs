@@ -6,6 +6,11 @@
 //!
 //! `lockattr-test-worker hold <url> <key> <lease_ms>`: takes the lock with renewal on, prints
 //! `held <fencing token>`, then sleeps until killed (at most 60 s).
+//!
+//! `lockattr-test-worker history --process <n> --lock-urls <url,..> --direct-url <url> ...`:
+//! one process of a history test (see `lockattr_tests::history::worker` for the options, built
+//! by `WorkerConfig::to_args`). Prints `ready` once connected, waits for a line on stdin (at
+//! most 60 s), runs, writes its records to `--out`, prints `done <sections>`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +28,7 @@ async fn main() {
     match arg(1) {
         "increment" => increment(arg(2), arg(3), num(4), num(5)).await,
         "hold" => hold(arg(2), arg(3), num(4)).await,
+        "history" => history(&args[2..]).await,
         other => panic!("unknown worker mode {other}"),
     }
 }
@@ -92,4 +98,27 @@ async fn hold(url: &str, key: &str, lease_ms: u64) {
     println!("held {}", guard.fencing_token());
     tokio::time::sleep(Duration::from_secs(60)).await;
     drop(guard);
+}
+
+async fn history(args: &[String]) {
+    use lockattr_tests::history::worker::{write_output, Worker, WorkerConfig};
+    use tokio::io::AsyncBufReadExt;
+
+    let config = WorkerConfig::from_args(args).unwrap_or_else(|e| panic!("history worker: {e}"));
+    let out_path = config.out.clone();
+    let worker = Worker::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("history worker: {e}"));
+    println!("ready");
+    let mut line = String::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    match tokio::time::timeout(Duration::from_secs(60), stdin.read_line(&mut line)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("history worker: read stdin: {e}"),
+        Err(_) => panic!("history worker: no start signal within 60 s"),
+    }
+    let output = worker.run().await;
+    write_output(&out_path, &output)
+        .unwrap_or_else(|e| panic!("history worker: write {}: {e}", out_path.display()));
+    println!("done {}", output.sections.len());
 }
