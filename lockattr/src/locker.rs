@@ -140,6 +140,57 @@ impl Locker {
         LockerBuilder::new(Target::Client(Box::new(client)))
     }
 
+    /// Starts configuring a `Locker` for a Redis Cluster, from the URLs of some of its nodes
+    /// (`redis://host:port` or `rediss://host:port`; one reachable node is enough, the others
+    /// are discovered).
+    ///
+    /// Everything works as on one Redis: every key of one lock shares one hash tag, so it lives
+    /// in one slot and each script runs on that slot's master; on Redis 7 or newer, releases are
+    /// announced on *sharded* channels (`SPUBLISH`/`SSUBSCRIBE`), which stay in the lock's shard
+    /// instead of being broadcast to every node. Commands follow `MOVED`/`ASK` redirections and
+    /// topology changes, scripts are reloaded on a freshly promoted master.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lockattr::Error> {
+    /// let locker = lockattr::Locker::cluster([
+    ///     "redis://10.0.0.1:7000",
+    ///     "redis://10.0.0.2:7000",
+    ///     "redis://10.0.0.3:7000",
+    /// ])
+    /// .build()
+    /// .await?;
+    /// let guard = locker.lock("party:42").await?;
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// What a failover can and cannot preserve is in the crate docs (replication is
+    /// asynchronous).
+    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> LockerBuilder {
+        LockerBuilder::new(Target::Cluster(nodes.into_iter().map(Into::into).collect()))
+    }
+
+    /// Starts configuring a `Locker` over a Redis Cluster client you built (TLS certificates,
+    /// credentials, retries). Build it with `.use_protocol(redis::ProtocolVersion::RESP3)`:
+    /// release announcements need RESP3 pushes; without them waiters fall back to timers.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lockattr::Error> {
+    /// let client = redis::cluster::ClusterClientBuilder::new(["redis://10.0.0.1:7000"])
+    ///     .use_protocol(redis::ProtocolVersion::RESP3)
+    ///     .username("locks")
+    ///     .password("secret")
+    ///     .build()?;
+    /// let locker = lockattr::Locker::cluster_with_client(client).build().await?;
+    /// # let _ = locker;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster_with_client(client: redis::cluster::ClusterClient) -> LockerBuilder {
+        LockerBuilder::new(Target::ClusterClient(Box::new(client)))
+    }
+
     /// A request for the lock named `key`; `.await` it to wait for the lock, or call
     /// [`LockRequest::run`] to run a future under it.
     ///
@@ -249,6 +300,8 @@ impl Locker {
 enum Target {
     Url(String),
     Client(Box<redis::Client>),
+    Cluster(Vec<String>),
+    ClusterClient(Box<redis::cluster::ClusterClient>),
     Memory(MemoryStore),
 }
 
@@ -326,11 +379,29 @@ impl LockerBuilder {
     pub async fn build(self) -> Result<Locker, Error> {
         let config = self.config;
         config.check()?;
+        #[cfg(feature = "tls-rustls")]
+        {
+            // rustls needs a process-wide crypto provider; install ours unless the application
+            // installed one already (then this does nothing).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let store = match self.target {
             Target::Url(url) => {
                 Store::standalone(redis::Client::open(url.as_str())?, config.op_timeout).await?
             }
             Target::Client(client) => Store::standalone(*client, config.op_timeout).await?,
+            Target::Cluster(nodes) => {
+                if nodes.is_empty() {
+                    return Err(Error::config(
+                        "no cluster nodes given; pass the URL of at least one node",
+                    ));
+                }
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .build()?;
+                Store::cluster(client, config.op_timeout).await?
+            }
+            Target::ClusterClient(client) => Store::cluster(*client, config.op_timeout).await?,
             Target::Memory(store) => Store::memory(&store),
         };
         Ok(Locker {

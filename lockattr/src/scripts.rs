@@ -234,7 +234,6 @@ impl Lua {
 }
 
 static PUBLISHING: LazyLock<Scripts> = LazyLock::new(|| Scripts::new("PUBLISH"));
-#[allow(dead_code)] // used by the Redis Cluster store (a later commit)
 static SHARDED: LazyLock<Scripts> = LazyLock::new(|| Scripts::new("SPUBLISH"));
 
 impl Scripts {
@@ -244,7 +243,6 @@ impl Scripts {
     }
 
     /// The scripts that announce with `SPUBLISH` (Redis Cluster, Redis 7 or newer).
-    #[allow(dead_code)] // used by the Redis Cluster store (a later commit)
     pub(crate) fn sharded() -> &'static Scripts {
         &SHARDED
     }

@@ -183,7 +183,7 @@ impl Request {
         if std::mem::take(&mut slot.yield_first) && slot.sub.is_none() {
             // Waiters of other processes were just woken by our release; they are already on
             // their way, and this subscription takes a round trip before our first attempt.
-            slot.sub = Some(store.subscribe(self.names.channel()).await);
+            slot.sub = Some(store.subscribe(self.names.channel()).await?);
         }
         let grant = grant_lease(self.lease, self.renew);
         let mut registration: Option<Registration> = None;
@@ -279,7 +279,7 @@ impl Request {
                     }
                 }
                 Step::Subscribe => {
-                    slot.sub = Some(store.subscribe(self.names.channel()).await);
+                    slot.sub = Some(store.subscribe(self.names.channel()).await?);
                     step = Step::Attempt(Kind::Scripted);
                 }
                 Step::Sleep(fallback) => {

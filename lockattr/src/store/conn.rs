@@ -1,5 +1,11 @@
 //! The command connection to Redis and the one bounded way every call goes through it.
 //!
+//! One Redis server is reached through redis-rs's `ConnectionManager` (it reconnects by
+//! itself); a Redis Cluster through its async cluster connection, which routes every command
+//! by its key (`EVALSHA` by its one key, the fast path's `SET`+`TIME` pipeline by the `SET`'s
+//! key, `TIME` having none), follows `MOVED`/`ASK` and topology changes, and sends `SCRIPT LOAD`
+//! to every node. Nothing above this module knows which one it is.
+//!
 //! Every call has a deadline (`until`): the caller's budget for the whole operation, so that an
 //! acquire that retries after a broken connection still fails within one operation timeout. A
 //! deadline that passes is reported as [`Error::OperationTimeout`], lockattr's own kind, never
@@ -9,6 +15,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use tokio::time::Instant;
 
 use crate::scripts::{Call, Scripts};
@@ -17,8 +25,14 @@ use crate::Error;
 /// The connection commands go through.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    inner: ConnectionManager,
+    inner: Inner,
     op_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 impl std::fmt::Debug for Conn {
@@ -50,7 +64,32 @@ impl Conn {
             ConnectionManager::new_with_config(client, config),
         )
         .await?;
-        Ok(Conn { inner, op_timeout })
+        Ok(Conn {
+            inner: Inner::Standalone(inner),
+            op_timeout,
+        })
+    }
+
+    /// Connects to a Redis Cluster through `client`'s seed nodes.
+    pub(crate) async fn cluster(
+        client: &ClusterClient,
+        op_timeout: Duration,
+    ) -> Result<Conn, Error> {
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(op_timeout)
+            .set_response_timeout(op_timeout);
+        let until = Instant::now() + op_timeout;
+        let inner = bounded(
+            "connect",
+            until,
+            op_timeout,
+            client.get_async_connection_with_config(config),
+        )
+        .await?;
+        Ok(Conn {
+            inner: Inner::Cluster(inner),
+            op_timeout,
+        })
     }
 
     /// A deadline one operation timeout from now.
@@ -65,8 +104,16 @@ impl Conn {
         cmd: &redis::Cmd,
         until: Instant,
     ) -> Result<T, Error> {
-        let mut conn = self.inner.clone();
-        bounded(what, until, self.op_timeout, cmd.query_async(&mut conn)).await
+        match &self.inner {
+            Inner::Standalone(c) => {
+                let mut conn = c.clone();
+                bounded(what, until, self.op_timeout, cmd.query_async(&mut conn)).await
+            }
+            Inner::Cluster(c) => {
+                let mut conn = c.clone();
+                bounded(what, until, self.op_timeout, cmd.query_async(&mut conn)).await
+            }
+        }
     }
 
     /// Sends a pipeline.
@@ -76,8 +123,16 @@ impl Conn {
         pipe: &redis::Pipeline,
         until: Instant,
     ) -> Result<T, Error> {
-        let mut conn = self.inner.clone();
-        bounded(what, until, self.op_timeout, pipe.query_async(&mut conn)).await
+        match &self.inner {
+            Inner::Standalone(c) => {
+                let mut conn = c.clone();
+                bounded(what, until, self.op_timeout, pipe.query_async(&mut conn)).await
+            }
+            Inner::Cluster(c) => {
+                let mut conn = c.clone();
+                bounded(what, until, self.op_timeout, pipe.query_async(&mut conn)).await
+            }
+        }
     }
 
     /// Runs a script call; a script Redis does not know (after a restart, a `SCRIPT FLUSH`, or
@@ -102,16 +157,34 @@ impl Conn {
     }
 
     /// Loads every script, so first uses skip the `NOSCRIPT` round trip. Best effort: scripts
-    /// are reloaded on demand anyway.
+    /// are reloaded on demand anyway (on Cluster, `SCRIPT LOAD` goes to every node).
     pub(crate) async fn load(&self, scripts: &Scripts) {
-        let mut pipe = redis::pipe();
         for script in scripts.all() {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(script.code());
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(script.code());
+            let _ = self
+                .query::<redis::Value>("load scripts", &load, self.deadline())
+                .await;
         }
-        let _ = self
-            .query_pipe::<redis::Value>("load scripts", &pipe, self.deadline())
-            .await;
     }
+
+    /// The Redis version the server (or a cluster node) reports, as `(major, minor)`, if it
+    /// says (`INFO server`; a user without the right to run it gets `None`).
+    pub(crate) async fn server_version(&self) -> Option<(u32, u32)> {
+        let mut info = redis::cmd("INFO");
+        info.arg("server");
+        let text: String = self.query("info", &info, self.deadline()).await.ok()?;
+        parse_version(&text)
+    }
+}
+
+/// `redis_version:7.0.15` in an `INFO` reply, as `(7, 0)`.
+fn parse_version(info: &str) -> Option<(u32, u32)> {
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))?;
+    let mut parts = line.trim().split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// Runs `request` until `until`; past it the result is [`Error::OperationTimeout`].
@@ -127,5 +200,15 @@ pub(crate) async fn bounded<T>(
             operation: what,
             after: op_timeout,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_parse() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(super::parse_version(info), Some((7, 0)));
+        assert_eq!(super::parse_version("nothing"), None);
     }
 }

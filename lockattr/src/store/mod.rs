@@ -59,6 +59,16 @@ impl Store {
         )))
     }
 
+    /// A Redis Cluster.
+    pub(crate) async fn cluster(
+        client: ::redis::cluster::ClusterClient,
+        op_timeout: Duration,
+    ) -> Result<Store, Error> {
+        Ok(Store::Redis(Arc::new(
+            RedisStore::cluster(client, op_timeout).await?,
+        )))
+    }
+
     /// One `Locker`'s view of an in-memory store.
     pub(crate) fn memory(store: &MemoryStore) -> Store {
         Store::Memory(Arc::new(store.view()))
@@ -160,12 +170,12 @@ impl Store {
         }
     }
 
-    /// Listens to a lock's release channel (confirmed, or not after a failure: see
-    /// [`Subscription::confirmed`]).
-    pub(crate) async fn subscribe(&self, channel: String) -> Subscription {
+    /// Listens to a lock's release channel: confirmed, or not after a failure to reach the
+    /// store (see [`Subscription::confirmed`]); an error when the store refused it.
+    pub(crate) async fn subscribe(&self, channel: String) -> Result<Subscription, Error> {
         match self {
             Store::Redis(r) => r.subscribe(channel).await,
-            Store::Memory(m) => m.subscribe(channel),
+            Store::Memory(m) => Ok(m.subscribe(channel)),
         }
     }
 

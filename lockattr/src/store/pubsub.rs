@@ -2,6 +2,12 @@
 //! clones), opened on first use and reopened after a disconnect; every listener is woken when
 //! it comes back, because a release published while it was down was lost.
 //!
+//! On Redis Cluster the connection is a cluster connection: with Redis 7 or newer the channels
+//! are *sharded* (`SSUBSCRIBE`, and the scripts announce with `SPUBLISH`), so an announcement
+//! stays in its lock's shard instead of being broadcast to every node; redis-rs resubscribes
+//! after reconnects and topology changes. A push does not say which node's connection dropped,
+//! so every listener is woken when any does.
+//!
 //! All `SUBSCRIBE`/`UNSUBSCRIBE` commands go through one task, in order, so an unsubscribe for a
 //! channel that was re-subscribed in the meantime is never sent after the new subscribe.
 //!
@@ -16,15 +22,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::channels::{Channels, Subscription, SubscriptionCmd};
 use crate::protocol::Announcement;
+use crate::Error;
+
+/// Redis refused the command for lack of an ACL right: retrying or reconnecting cannot help.
+fn is_refusal(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+}
 
 #[derive(Debug)]
 enum Cmd {
-    Subscribe(String, oneshot::Sender<bool>),
+    /// Answered with whether Redis confirmed the subscription, or why it refused it.
+    Subscribe(String, oneshot::Sender<Result<bool, redis::RedisError>>),
     Unsubscribe(String),
     Disconnected(u64),
 }
@@ -40,8 +55,24 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    /// Starts the hub's task on the current runtime. The task ends when the hub is dropped.
-    pub(crate) fn start(client: &redis::Client, op_timeout: Duration) -> Hub {
+    /// Starts the hub of one Redis server (its task runs on the current runtime and ends when
+    /// the hub is dropped).
+    pub(crate) fn standalone(client: &redis::Client, op_timeout: Duration) -> Hub {
+        Hub::start(Target::Standalone(Box::new(resp3(client))), op_timeout)
+    }
+
+    /// Starts the hub of a Redis Cluster; `sharded` for Redis 7 or newer (sharded channels).
+    pub(crate) fn cluster(client: ClusterClient, sharded: bool, op_timeout: Duration) -> Hub {
+        Hub::start(
+            Target::Cluster {
+                client: Box::new(client),
+                sharded,
+            },
+            op_timeout,
+        )
+    }
+
+    fn start(target: Target, op_timeout: Duration) -> Hub {
         let channels = Arc::new(Channels::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let (unsub, mut unsub_rx) = mpsc::unbounded_channel::<SubscriptionCmd>();
@@ -53,7 +84,7 @@ impl Hub {
             }
         });
         let task = HubTask {
-            client: resp3(client),
+            target,
             channels: channels.clone(),
             cmds: tx.downgrade(),
             op_timeout,
@@ -72,18 +103,22 @@ impl Hub {
 
     /// Subscribes to `channel` and waits until Redis confirmed it (bounded by the operation
     /// timeout). Only after this returns may the caller retry its acquire: a release published
-    /// before the confirmation is not delivered, the retry covers it.
-    pub(crate) async fn subscribe(&self, channel: String) -> Subscription {
+    /// before the confirmation is not delivered, the retry covers it. A subscription that could
+    /// not be confirmed (Redis unreachable) comes back unconfirmed, and its waiter polls; one
+    /// that Redis refused (an ACL user without the right to the lock's channel) is an error.
+    pub(crate) async fn subscribe(&self, channel: String) -> Result<Subscription, Error> {
         let mut sub = Subscription::new(self.channels.clone(), Some(self.unsub.clone()), channel);
         let (tx, rx) = oneshot::channel();
         let name = sub.channel().to_owned();
         if self.cmds.send(Cmd::Subscribe(name, tx)).is_ok() {
             // The task bounds its own Redis calls; this timeout only guards a stuck task.
-            if let Ok(Ok(ok)) = tokio::time::timeout(self.op_timeout * 2, rx).await {
-                sub.confirmed = ok;
+            match tokio::time::timeout(self.op_timeout * 2, rx).await {
+                Ok(Ok(Ok(confirmed))) => sub.confirmed = confirmed,
+                Ok(Ok(Err(refused))) => return Err(Error::Redis(refused)),
+                _ => {}
             }
         }
-        sub
+        Ok(sub)
     }
 }
 
@@ -99,12 +134,45 @@ fn resp3(client: &redis::Client) -> redis::Client {
     redis::Client::open(info.set_redis_settings(settings)).unwrap_or_else(|_| client.clone())
 }
 
+/// What the hub connects to.
+enum Target {
+    Standalone(Box<redis::Client>),
+    Cluster {
+        client: Box<ClusterClient>,
+        sharded: bool,
+    },
+}
+
+/// The hub's open connection.
+enum PubSubConn {
+    Standalone(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl PubSubConn {
+    async fn subscribe(&mut self, channels: &[String], sharded: bool) -> redis::RedisResult<()> {
+        match self {
+            PubSubConn::Standalone(c) => c.subscribe(channels).await,
+            PubSubConn::Cluster(c) if sharded => c.ssubscribe(channels).await,
+            PubSubConn::Cluster(c) => c.subscribe(channels).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str, sharded: bool) -> redis::RedisResult<()> {
+        match self {
+            PubSubConn::Standalone(c) => c.unsubscribe(channel).await,
+            PubSubConn::Cluster(c) if sharded => c.sunsubscribe(channel).await,
+            PubSubConn::Cluster(c) => c.unsubscribe(channel).await,
+        }
+    }
+}
+
 struct HubTask {
-    client: redis::Client,
+    target: Target,
     channels: Arc<Channels>,
     cmds: mpsc::WeakUnboundedSender<Cmd>,
     op_timeout: Duration,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<PubSubConn>,
     generation: u64,
     retry_scheduled: bool,
 }
@@ -119,12 +187,20 @@ impl HubTask {
                 }
                 Cmd::Unsubscribe(channel) => {
                     if !self.channels.is_wanted(&channel) {
+                        let sharded = self.sharded();
                         if let Some(conn) = self.conn.as_mut() {
-                            let _ =
-                                tokio::time::timeout(self.op_timeout, conn.unsubscribe(&channel))
-                                    .await;
+                            let _ = tokio::time::timeout(
+                                self.op_timeout,
+                                conn.unsubscribe(&channel, sharded),
+                            )
+                            .await;
                         }
                     }
+                }
+                // A cluster connection reconnects and resubscribes by itself; a message sent
+                // while a node's connection was down may be lost, so every listener looks.
+                Cmd::Disconnected(_) if matches!(self.target, Target::Cluster { .. }) => {
+                    self.channels.wake_all();
                 }
                 Cmd::Disconnected(generation) => {
                     if generation == self.generation {
@@ -132,7 +208,9 @@ impl HubTask {
                         // The last handle gone, redis-rs stops the connection's task.
                         self.conn = None;
                         self.channels.wake_all();
-                        if !self.channels.wanted().is_empty() && self.connect().await {
+                        if !self.channels.wanted().is_empty()
+                            && matches!(self.connect().await, Ok(true))
+                        {
                             // Releases published while we were away were lost.
                             self.channels.wake_all();
                         }
@@ -142,27 +220,38 @@ impl HubTask {
         }
     }
 
-    async fn subscribe(&mut self, channel: &str) -> bool {
+    fn sharded(&self) -> bool {
+        matches!(self.target, Target::Cluster { sharded: true, .. })
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Result<bool, redis::RedisError> {
         if !self.channels.is_wanted(channel) {
-            return false; // the subscriber gave up already
+            return Ok(false); // the subscriber gave up already
         }
+        let sharded = self.sharded();
         match self.conn.as_mut() {
             // `connect` subscribes every wanted channel, this one included.
             None => self.connect().await,
             Some(conn) => {
-                match tokio::time::timeout(self.op_timeout, conn.subscribe(channel)).await {
-                    Ok(Ok(())) => true,
+                let channels = [channel.to_owned()];
+                match tokio::time::timeout(self.op_timeout, conn.subscribe(&channels, sharded))
+                    .await
+                {
+                    Ok(Ok(())) => Ok(true),
+                    Ok(Err(e)) if is_refusal(&e) => Err(e),
                     _ => {
                         self.schedule_reconnect(Duration::ZERO);
-                        false
+                        Ok(false)
                     }
                 }
             }
         }
     }
 
-    /// Opens a pub/sub connection and subscribes every channel that has listeners.
-    async fn connect(&mut self) -> bool {
+    /// Opens a pub/sub connection and subscribes every channel that has listeners: `Ok(true)`
+    /// when Redis confirmed, `Ok(false)` when it could not be reached (a reconnect is
+    /// scheduled), `Err` when Redis refused the subscription.
+    async fn connect(&mut self) -> Result<bool, redis::RedisError> {
         self.generation += 1;
         let generation = self.generation;
         let channels = self.channels.clone();
@@ -187,34 +276,59 @@ impl HubTask {
             }
             Ok(())
         };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.op_timeout))
-            .set_response_timeout(Some(self.op_timeout))
-            .set_push_sender(on_push);
-        let opened = tokio::time::timeout(
-            self.op_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await;
-        let Ok(Ok(mut conn)) = opened else {
-            tracing::debug!(target: "lockattr", "pub/sub connection failed; waiters fall back to timers");
-            self.schedule_reconnect(Duration::from_millis(500));
-            return false;
+        let opened = match &self.target {
+            Target::Standalone(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.op_timeout))
+                    .set_response_timeout(Some(self.op_timeout))
+                    .set_push_sender(on_push);
+                tokio::time::timeout(
+                    self.op_timeout,
+                    client.get_multiplexed_async_connection_with_config(&config),
+                )
+                .await
+                .map(|r| r.map(PubSubConn::Standalone))
+            }
+            Target::Cluster { client, .. } => {
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(self.op_timeout)
+                    .set_response_timeout(self.op_timeout)
+                    .set_push_sender(on_push);
+                tokio::time::timeout(
+                    self.op_timeout,
+                    client.get_async_connection_with_config(config),
+                )
+                .await
+                .map(|r| r.map(PubSubConn::Cluster))
+            }
+        };
+        let mut conn = match opened {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) if is_refusal(&e) => return Err(e),
+            _ => {
+                tracing::debug!(target: "lockattr", "pub/sub connection failed; waiters fall back to timers");
+                self.schedule_reconnect(Duration::from_millis(500));
+                return Ok(false);
+            }
         };
         let wanted = self.channels.wanted();
         if !wanted.is_empty() {
-            let ok = matches!(
-                tokio::time::timeout(self.op_timeout, conn.subscribe(&wanted)).await,
-                Ok(Ok(()))
-            );
-            if !ok {
-                self.schedule_reconnect(Duration::from_millis(500));
-                return false;
+            match tokio::time::timeout(self.op_timeout, conn.subscribe(&wanted, self.sharded()))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if is_refusal(&e) => {
+                    self.conn = Some(conn);
+                    return Err(e);
+                }
+                _ => {
+                    self.schedule_reconnect(Duration::from_millis(500));
+                    return Ok(false);
+                }
             }
         }
         self.conn = Some(conn);
-        true
+        Ok(true)
     }
 
     /// Asks the task to reconnect after `delay`, while anyone still listens.

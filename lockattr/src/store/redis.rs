@@ -32,7 +32,25 @@ impl RedisStore {
         let conn = Conn::standalone(client.clone(), op_timeout).await?;
         let scripts = Scripts::publishing();
         conn.load(scripts).await;
-        let hub = Hub::start(&client, op_timeout);
+        let hub = Hub::standalone(&client, op_timeout);
+        Ok(RedisStore { conn, scripts, hub })
+    }
+
+    /// Connects to a Redis Cluster and loads the scripts on every node. Releases are announced
+    /// on sharded channels when the cluster runs Redis 7 or newer (or does not say).
+    pub(crate) async fn cluster(
+        client: redis::cluster::ClusterClient,
+        op_timeout: Duration,
+    ) -> Result<Self, Error> {
+        let conn = Conn::cluster(&client, op_timeout).await?;
+        let sharded = conn.server_version().await.is_none_or(|v| v >= (7, 0));
+        let scripts = if sharded {
+            Scripts::sharded()
+        } else {
+            Scripts::publishing()
+        };
+        conn.load(scripts).await;
+        let hub = Hub::cluster(client, sharded, op_timeout);
         Ok(RedisStore { conn, scripts, hub })
     }
 
@@ -140,7 +158,7 @@ impl RedisStore {
         self.conn.eval("force unlock", &call, until).await
     }
 
-    pub(crate) async fn subscribe(&self, channel: String) -> Subscription {
+    pub(crate) async fn subscribe(&self, channel: String) -> Result<Subscription, Error> {
         self.hub.subscribe(channel).await
     }
 }

@@ -3,6 +3,8 @@
 //! `lockattr-test-worker increment <url> <key> <tasks> <iterations>`: `tasks` tasks each take
 //! the lock `iterations` times and do a non-atomic GET-then-SET increment of `counter:<key>`
 //! with an overlap check inside the critical section; prints `done <acquisitions> <overlaps>`.
+//! A `<url>` of the form `cluster:<url>,<url>,...` means a Redis Cluster with those seed nodes
+//! (the counter is then `counter:{<key>}`, in the lock's slot).
 //!
 //! `lockattr-test-worker hold <url> <key> <lease_ms>`: takes the lock with renewal on, prints
 //! `held <fencing token>`, then sleeps until killed (at most 60 s).
@@ -33,15 +35,50 @@ async fn main() {
     }
 }
 
+/// The connection for the counter: one server or a cluster.
+#[derive(Clone)]
+enum Counter {
+    One(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Counter {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> T {
+        match self {
+            Counter::One(c) => cmd.query_async(c).await.expect("counter command"),
+            Counter::Cluster(c) => cmd.query_async(c).await.expect("counter command"),
+        }
+    }
+}
+
 async fn increment(url: &str, key: &str, tasks: u64, iterations: u64) {
-    let locker = lockattr::Locker::builder(url)
+    let (builder, conn, counter) = match url.strip_prefix("cluster:") {
+        Some(nodes) => {
+            let nodes: Vec<&str> = nodes.split(',').collect();
+            let client = redis::cluster::ClusterClient::new(nodes.clone()).expect("urls");
+            let conn = client.get_async_connection().await.expect("connect");
+            (
+                lockattr::Locker::cluster(nodes),
+                Counter::Cluster(conn),
+                format!("counter:{{{key}}}"),
+            )
+        }
+        None => {
+            let conn = redis::Client::open(url)
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            (
+                lockattr::Locker::builder(url),
+                Counter::One(conn),
+                format!("counter:{key}"),
+            )
+        }
+    };
+    let locker = builder
         .default_wait(Duration::from_secs(60))
         .build()
-        .await
-        .expect("connect");
-    let redis = redis::Client::open(url).expect("url");
-    let conn = redis
-        .get_multiplexed_async_connection()
         .await
         .expect("connect");
     let inside = Arc::new(AtomicBool::new(false));
@@ -49,7 +86,7 @@ async fn increment(url: &str, key: &str, tasks: u64, iterations: u64) {
     let acquisitions = Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
     for _ in 0..tasks {
-        let (locker, mut conn) = (locker.clone(), conn.clone());
+        let (locker, mut conn, counter) = (locker.clone(), conn.clone(), counter.clone());
         let (inside, overlaps, acquisitions) =
             (inside.clone(), overlaps.clone(), acquisitions.clone());
         let key = key.to_owned();
@@ -59,19 +96,11 @@ async fn increment(url: &str, key: &str, tasks: u64, iterations: u64) {
                 if inside.swap(true, Ordering::SeqCst) {
                     overlaps.fetch_add(1, Ordering::SeqCst);
                 }
-                let counter = format!("counter:{key}");
-                let v: Option<u64> = redis::cmd("GET")
-                    .arg(&counter)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("GET");
+                let v: Option<u64> = conn.query(redis::cmd("GET").arg(&counter)).await;
                 tokio::task::yield_now().await;
-                let _: () = redis::cmd("SET")
-                    .arg(&counter)
-                    .arg(v.unwrap_or(0) + 1)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("SET");
+                let _: () = conn
+                    .query(redis::cmd("SET").arg(&counter).arg(v.unwrap_or(0) + 1))
+                    .await;
                 acquisitions.fetch_add(1, Ordering::SeqCst);
                 inside.store(false, Ordering::SeqCst);
                 guard.release().await.expect("release");
