@@ -11,7 +11,10 @@
 
 use std::process::ExitCode;
 
+use clap::Parser as _;
+use lockattr_examples::party::service_cli::{run, ServiceOptions};
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    lockattr_examples::party::service_cli::main("party-service", std::env::args().skip(1)).await
+    run("party-service", ServiceOptions::parse()).await
 }
