@@ -656,16 +656,15 @@ fn render_sequential(s: &mut String, seq: &Sequential) {
         "| operation | p50 | p99 | p50 ÷ raw floor | p50 ÷ PING | round trips | Redis cmds | samples |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
-    if seq.keys == Keys::Reused {
-        let _ = writeln!(
-            s,
-            "| PING (redis-rs MultiplexedConnection) | {} | {} | {} | 1.00 | 1 | 1 | {} |",
-            us(seq.ping.p50),
-            us(seq.ping.p99),
-            opt(ratio(seq.ping.p50, raw), 2),
-            seq.ping.n
-        );
-    }
+    // PING is measured in every sequential scenario, interleaved with its rows.
+    let _ = writeln!(
+        s,
+        "| PING (redis-rs MultiplexedConnection) | {} | {} | {} | 1.00 | 1 | 1 | {} |",
+        us(seq.ping.p50),
+        us(seq.ping.p99),
+        opt(ratio(seq.ping.p50, raw), 2),
+        seq.ping.n
+    );
     for row in &seq.rows {
         let _ = writeln!(
             s,
