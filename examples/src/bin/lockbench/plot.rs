@@ -168,6 +168,10 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
+            // Few labels: on a range shorter than a few decades the log axis would label every
+            // minor step, and the labels run into each other.
+            .x_labels(6)
+            .y_labels(11)
             .x_desc(format!("{} latency, µs (log scale)", panel.what))
             .y_desc("share of samples ≤ x")
             .x_label_formatter(&|v| {
