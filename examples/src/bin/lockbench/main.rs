@@ -242,8 +242,16 @@ fn run(opts: Options) -> Result<()> {
     let n = uncontended.len() as u64;
     let steps = 2
         + if wants(Scenario::NewKeys) { 2 } else { 0 }
-        + if wants(Scenario::Distinct) { n } else { 0 }
-        + if wants(Scenario::NewKeys64) { n } else { 0 }
+        + if wants(Scenario::Distinct) {
+            DISTINCT_ROUNDS
+        } else {
+            0
+        }
+        + if wants(Scenario::NewKeys64) {
+            DISTINCT_ROUNDS
+        } else {
+            0
+        }
         + if wants(Scenario::Footprint) { n + 2 } else { 0 }
         + contended_kinds.len() as u64 * procs.len() as u64 * 4;
     let mut progress = Progress::new(steps);
@@ -268,33 +276,8 @@ fn run(opts: Options) -> Result<()> {
         (Scenario::Distinct, Keys::Reused, &mut distinct),
         (Scenario::NewKeys64, Keys::Fresh, &mut distinct_fresh),
     ] {
-        if !wants(scenario) {
-            continue;
-        }
-        for &kind in &uncontended {
-            progress.step(&format!(
-                "{} tasks, {}: {}",
-                plan.distinct_tasks,
-                match keys {
-                    Keys::Reused => "each on its own key",
-                    Keys::Fresh => "a new key every cycle",
-                },
-                kind.id()
-            ));
-            let imp = rt.block_on(build(kind, &url))?;
-            let redis_cpu_before = redis_cpu_ns(&server);
-            let mut d = rt.block_on(simple::distinct_keys(
-                kind,
-                imp.clone(),
-                keys,
-                plan.distinct_tasks,
-                plan.distinct_duration,
-            ));
-            if let (Some(a), Some(b)) = (redis_cpu_before, redis_cpu_ns(&server)) {
-                d.redis_cpu_ns = Some(b.saturating_sub(a) as f64 / d.cycles.max(1) as f64);
-            }
-            rt.block_on(async move { drop(imp) });
-            out.push(d);
+        if wants(scenario) {
+            *out = distinct_scenario(&rt, &server, &uncontended, keys, &plan, &mut progress)?;
         }
     }
 
@@ -418,6 +401,65 @@ fn run(opts: Options) -> Result<()> {
         eprintln!("[lockbench] plot written to {}", path.display());
     }
     Ok(())
+}
+
+/// Rounds of the 64-task scenarios: every implementation runs once per round, in turn, so that
+/// a change of machine load hits every row alike (the scenario is CPU-bound on 2 cores).
+const DISTINCT_ROUNDS: u64 = 3;
+
+/// `plan.distinct_tasks` tasks on distinct keys, every implementation for
+/// `plan.distinct_duration` in all, split over [`DISTINCT_ROUNDS`] interleaved rounds.
+fn distinct_scenario(
+    rt: &tokio::runtime::Runtime,
+    server: &RedisServer,
+    kinds: &[Kind],
+    keys: Keys,
+    plan: &Plan,
+    progress: &mut Progress,
+) -> Result<Vec<simple::Distinct>> {
+    let url = server.url();
+    let impls = rt.block_on(async {
+        let mut impls: Vec<(Kind, Arc<dyn LockImpl>)> = Vec::new();
+        for &k in kinds {
+            impls.push((k, build(k, &url).await?));
+        }
+        anyhow::Ok(impls)
+    })?;
+    let per_round = plan.distinct_duration / u32::try_from(DISTINCT_ROUNDS).unwrap_or(1);
+    let mut rounds: Vec<Vec<simple::DistinctRound>> = impls.iter().map(|_| Vec::new()).collect();
+    for round in 0..DISTINCT_ROUNDS {
+        progress.step(&format!(
+            "{} tasks, {}: round {}/{DISTINCT_ROUNDS} of every implementation",
+            plan.distinct_tasks,
+            match keys {
+                Keys::Reused => "each on its own key",
+                Keys::Fresh => "a new key every cycle",
+            },
+            round + 1
+        ));
+        for ((kind, imp), out) in impls.iter().zip(&mut rounds) {
+            let redis_before = redis_cpu_ns(server);
+            let mut r = rt.block_on(simple::distinct_keys(
+                *kind,
+                imp.clone(),
+                &format!("d{round}"),
+                keys,
+                plan.distinct_tasks,
+                per_round,
+            ));
+            r.redis_cpu_ns = match (redis_before, redis_cpu_ns(server)) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            };
+            out.push(r);
+        }
+    }
+    rt.block_on(async move { drop(impls) });
+    Ok(kinds
+        .iter()
+        .zip(rounds)
+        .map(|(kind, r)| simple::Distinct::of_rounds(*kind, r))
+        .collect())
 }
 
 /// PING and every implementation, one task, lock + release on `keys`.

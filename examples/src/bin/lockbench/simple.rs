@@ -177,7 +177,8 @@ pub async fn cycles(imp: &dyn LockImpl, keys: &KeySource, n: usize) -> Result<()
     Ok(())
 }
 
-/// `tasks` tasks, each locking and releasing its own keys for a while.
+/// `tasks` tasks, each locking and releasing its own keys: one implementation's row, summed
+/// over its rounds.
 #[derive(Debug)]
 pub struct Distinct {
     pub kind: Kind,
@@ -189,19 +190,58 @@ pub struct Distinct {
     pub errors: u64,
     /// CPU time of this process per cycle (all threads: the tasks, redis-rs, the runtime).
     pub client_cpu_ns: Option<f64>,
-    /// redis-server CPU time per cycle (`INFO cpu`), filled in by the caller.
+    /// redis-server CPU time per cycle (`INFO cpu`).
     pub redis_cpu_ns: Option<f64>,
 }
 
+/// One round of one implementation in [`distinct_keys`].
+#[derive(Debug, Default)]
+pub struct DistinctRound {
+    pub elapsed_ns: u64,
+    pub samples: Vec<u64>,
+    pub errors: u64,
+    pub client_cpu_ns: Option<u64>,
+    /// Filled in by the caller, which reads redis-server's CPU time around the round.
+    pub redis_cpu_ns: Option<u64>,
+}
+
+impl Distinct {
+    /// The row of `kind` over its `rounds`.
+    pub fn of_rounds(kind: Kind, rounds: Vec<DistinctRound>) -> Distinct {
+        let elapsed: u64 = rounds.iter().map(|r| r.elapsed_ns).sum();
+        let errors = rounds.iter().map(|r| r.errors).sum();
+        let sum = |f: fn(&DistinctRound) -> Option<u64>| -> Option<u64> {
+            rounds.iter().map(f).sum::<Option<u64>>()
+        };
+        let (client, redis) = (sum(|r| r.client_cpu_ns), sum(|r| r.redis_cpu_ns));
+        let mut samples: Vec<u64> = rounds.into_iter().flat_map(|r| r.samples).collect();
+        samples.sort_unstable();
+        let cycles = samples.len() as u64;
+        let per_cycle = |ns: Option<u64>| ns.map(|ns| ns as f64 / cycles.max(1) as f64);
+        Distinct {
+            kind,
+            cycles,
+            per_sec: cycles as f64 * 1e9 / elapsed.max(1) as f64,
+            cycle: Summary::of(samples.clone()),
+            samples,
+            errors,
+            client_cpu_ns: per_cycle(client),
+            redis_cpu_ns: per_cycle(redis),
+        }
+    }
+}
+
 /// `tasks` concurrent lock + release loops for `duration`, task `t` on the keys of
-/// `KeySource::new(scenario, keys, kind, t)`.
+/// `KeySource::new(scenario, keys, kind, t)` (`scenario` must differ between rounds, so that a
+/// new key is never one an earlier round used).
 pub async fn distinct_keys(
     kind: Kind,
     imp: Arc<dyn LockImpl>,
+    scenario: &str,
     keys: Keys,
     tasks: usize,
     duration: Duration,
-) -> Distinct {
+) -> DistinctRound {
     let errors = Arc::new(AtomicU64::new(0));
     let cpu_before = crate::clock::process_cpu_ns();
     let start = now_ns();
@@ -209,7 +249,7 @@ pub async fn distinct_keys(
     let mut handles = Vec::new();
     for t in 0..tasks {
         let (imp, errors) = (imp.clone(), errors.clone());
-        let source = KeySource::new("d", keys, kind, t);
+        let source = KeySource::new(scenario, keys, kind, t);
         handles.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             // Bounded by the deadline and by a generous count.
@@ -241,21 +281,16 @@ pub async fn distinct_keys(
             }
         }
     }
-    let elapsed = now_ns() - start;
-    let cycles = all.len().max(1) as f64;
+    let elapsed_ns = now_ns() - start;
     let client_cpu_ns = match (cpu_before, crate::clock::process_cpu_ns()) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / cycles),
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    all.sort_unstable();
-    Distinct {
-        client_cpu_ns,
-        redis_cpu_ns: None,
-        kind,
-        cycles: all.len() as u64,
-        per_sec: all.len() as f64 * 1e9 / elapsed.max(1) as f64,
-        cycle: Summary::of(all.clone()),
+    DistinctRound {
+        elapsed_ns,
         samples: all,
         errors: errors.load(Ordering::Relaxed),
+        client_cpu_ns,
+        redis_cpu_ns: None,
     }
 }
