@@ -5,12 +5,11 @@
 //! whether the race fires depends on scheduling (on a 2-core CI runner it usually does, but a
 //! test that fails when it does not would be flaky).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use lockattr_examples::party::demo::client::HttpClient;
-use lockattr_examples::party::demo::processes::{ServiceArgs, ServiceProcess};
+use lockattr_examples::party::demo::processes::{ServiceArgs, ServiceCommand, ServiceProcess};
 use lockattr_examples::party::demo::{
     run_scenario, sqlite_url, unique_namespace, Scenario, TempDir,
 };
@@ -19,8 +18,14 @@ use lockattr_examples::party::http::{NewParticipant, NewParty};
 use lockattr_examples::party::{Participant, Party, PartyView};
 use lockattr_tests::RedisServer;
 
-fn service_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_party-service"))
+/// The service the way the demo starts it: its own binary re-run as `party-demo serve`.
+fn demo_serve() -> ServiceCommand {
+    ServiceCommand::new(env!("CARGO_BIN_EXE_party-demo")).arg("serve")
+}
+
+/// The stand-alone `party-service` binary (the same code under its own name).
+fn party_service() -> ServiceCommand {
+    ServiceCommand::new(env!("CARGO_BIN_EXE_party-service"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +37,7 @@ async fn locked_joins_admit_exactly_the_capacity() {
         requests: 60,
         processes: 2,
         think: Duration::from_millis(2),
-        service_binary: service_binary(),
+        service: demo_serve(),
         redis_url: redis.url(),
         database_url: None,
         lock_namespace: unique_namespace(),
@@ -97,10 +102,9 @@ async fn the_http_api_answers_with_the_documented_statuses() {
         lock_namespace: unique_namespace(),
         think: Duration::ZERO,
     };
-    let service =
-        ServiceProcess::start(&service_binary(), 0, &args, dir.path().join("service.log"))
-            .await
-            .expect("the service starts");
+    let service = ServiceProcess::start(&party_service(), 0, &args, dir.path().join("service.log"))
+        .await
+        .expect("the service starts");
     let base = service.base_url();
     let client = HttpClient::new();
     let join = |party: i64, name: &str, lock: bool| {

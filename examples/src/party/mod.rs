@@ -20,7 +20,9 @@
 //!   join and `participate_unlocked` the same check-then-insert without the lock.
 //! - [`error`]: [`AppError`] and its HTTP mapping (404 no such party, 409 full,
 //!   503 when the lock could not be had or was lost).
-//! - [`http`]: the axum routes and [`serve`](http::serve), which the `party-service` binary runs.
+//! - [`http`]: the axum routes and [`serve`](http::serve), the service process.
+//! - [`service_cli`]: the service's command line, run by `party-demo serve` (how the demo
+//!   starts its processes) and by the `party-service` binary.
 //! - [`demo`]: the driver behind the `party-demo` binary and the integration test: finds or
 //!   starts Redis, starts the service processes, fires the joins and reports.
 //!
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod service;
+pub mod service_cli;
 
 pub use error::AppError;
 pub use service::{Participant, Party, PartyService, PartyView};

@@ -248,16 +248,28 @@ async fn wait_until(notify: &Notify, deadline_ns: u64, done: impl Fn() -> bool) 
 
 /// What the critical section does for its `body` time (tokio's timer has 1 ms granularity, too
 /// coarse for a 1 ms body, so neither mode uses it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BodyMode {
     /// Busy until `t_acq + body`, yielding to the scheduler between clock reads so the worker
     /// thread stays available: a CPU-bound critical section, exact to a few µs.
+    #[value(
+        help = "busy until the end, yielding between clock reads: exact, but competes for \
+        the CPU with Redis and the lock's own work"
+    )]
     Spin,
     /// `std::thread::sleep` on the blocking pool: an I/O-like critical section that leaves the
     /// CPU free, typically 50-100 µs longer than asked (timer slack, thread wake-up).
+    #[value(
+        help = "std::thread::sleep on the blocking pool: CPU-free, ~60-100 µs longer than \
+        asked"
+    )]
     Sleep,
     /// `Sleep` until [`EXACT_SPIN`] before the end, then `Spin` to the end: CPU-free for most
     /// of the body like `Sleep`, and as exact as `Spin`.
+    #[value(
+        help = "sleep on the blocking pool for all but the last 200 µs, which are spun: \
+        CPU-free for most of the body and exact to a few µs"
+    )]
     Exact,
 }
 
@@ -272,12 +284,6 @@ impl BodyMode {
             BodyMode::Sleep => "sleep",
             BodyMode::Exact => "exact",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<BodyMode> {
-        [BodyMode::Spin, BodyMode::Sleep, BodyMode::Exact]
-            .into_iter()
-            .find(|m| m.id() == s)
     }
 }
 
@@ -317,6 +323,8 @@ pub struct Analysis {
     pub rate: Option<f64>,
     /// Handoffs to a different, already waiting task (before the deadline).
     pub handoff: Summary,
+    /// Every handoff counted in `handoff`, ascending (for the plot).
+    pub handoff_samples: Vec<u64>,
     pub handoff_mean_ns: Option<u64>,
     /// The subset of `handoff` between processes.
     pub cross_handoff: Summary,
@@ -379,7 +387,9 @@ pub fn analyze(mut records: Vec<Record>, inside_violations: u64, deadline_ns: u6
     if !all.is_empty() {
         a.handoff_mean_ns = Some(all.iter().sum::<u64>() / all.len() as u64);
     }
-    a.handoff = Summary::of(all);
+    all.sort_unstable();
+    a.handoff = Summary::of(all.clone());
+    a.handoff_samples = all;
     a.cross_handoff = Summary::of(cross);
     a.same_proc_handoff = Summary::of(same);
     a.wait = Summary::of(records.iter().map(|r| r.t_acq - r.t_wait).collect());

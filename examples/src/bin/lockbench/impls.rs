@@ -27,8 +27,8 @@ pub trait Held: Send {
     fn release(self: Box<Self>) -> BoxFut<'static, Result<()>>;
 }
 
-/// Which implementation; also the name a `--worker` process is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which implementation; also the name a `worker` process is told (`--impls`, `--kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
     /// `SET NX PX` once + compare-and-delete: the two-round-trip floor (no waiting).
     Raw,
@@ -37,6 +37,7 @@ pub enum Kind {
     /// rslock 0.10 with its defaults (3 tries, random 0-200 ms between tries).
     Rslock,
     /// rslock 0.10 with a 2 ms retry delay (random 0-2 ms between tries).
+    #[value(name = "rslock-2ms")]
     Rslock2ms,
     /// lockattr.
     Lockattr,
@@ -57,7 +58,7 @@ impl Kind {
         Kind::Lockattr,
     ];
 
-    /// Short name, used on the worker command line.
+    /// Short name, as on the command line (and in key names).
     pub fn id(self) -> &'static str {
         match self {
             Kind::Raw => "raw",
@@ -81,13 +82,6 @@ impl Kind {
                 "fenced floor: Lua SET NX+INCR+PEXPIRE, Lua GET+DEL+PUBLISH (diagnostic)"
             }
         }
-    }
-
-    pub fn parse(s: &str) -> Result<Kind> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.id() == s)
-            .ok_or_else(|| anyhow!("unknown implementation `{s}`"))
     }
 }
 

@@ -6,39 +6,52 @@
 //!
 //! The bench starts its own `redis-server` on a free loopback port, then measures:
 //! 1. PING and the raw two-round-trip floor (`SET NX PX` + compare-and-delete `EVALSHA`),
-//!    lockattr, rslock and a spin lock uncontended (interleaved batches, p50/p99, Redis commands
-//!    per lock + release);
-//! 2. 64 tasks on distinct keys (cycles/s, client and redis-server CPU per cycle);
-//! 3. one key under contention with forced handoffs, 10 and 100 waiters, in one process and across
-//!    two (the bench re-executes itself with a hidden `--worker` command), with 0 ms bodies (handoff
-//!    latency) and 1 ms bodies (throughput): handoff p50/mean/p99, acquisitions/s, Redis commands
-//!    per acquisition from `INFO commandstats`, p99 wait, exclusion violations;
+//!    lockattr, rslock and a spin lock uncontended, one task, on one key reused and on a new key
+//!    every cycle (interleaved batches, p50/p99; round trips per cycle counted by a forwarder,
+//!    Redis commands per cycle from `INFO commandstats`);
+//! 2. 64 tasks on distinct keys, each reusing its own key or taking a new one every cycle
+//!    (cycles/s, client and redis-server CPU per cycle);
+//! 3. the footprint: 10⁵ distinct keys locked and released on a private server, `DBSIZE` and
+//!    `used_memory` before, right after and 10 s after;
+//! 4. one key under contention with forced handoffs, 10 and 100 waiters, in one process and across
+//!    two (the bench re-executes itself with a hidden `worker` subcommand), with 0 ms bodies
+//!    (handoff latency) and 1 ms bodies (throughput): handoff p50/mean/p99, acquisitions/s, Redis
+//!    commands per acquisition, p99 wait, exclusion violations;
 //!
-//! and prints markdown tables and a PASS/MISS list against the issue's targets. Every loop is
-//! bounded by a count and a deadline; the full run takes about 1.5 min on 2 cores, `--quick`
-//! about 30 s.
+//! and prints markdown tables and a PASS/MISS list against the targets (`--plot` also draws the
+//! latency distributions). Every loop is bounded by a count and a deadline; the full run takes
+//! about 2 min on 2 cores, `--quick` about 40 s. BENCHMARKS.md explains every number.
 
 mod clock;
 mod contended;
+mod flights;
+mod footprint;
 mod impls;
 mod lockattr_impl;
+mod plot;
 mod procs;
+mod progress;
 mod report;
 mod simple;
 mod stats;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 use lockattr_tests::RedisServer;
 
 use crate::contended::{analyze, run_tasks, BodyMode, TaskParams};
+use crate::flights::FlightCounter;
 use crate::impls::{build, Kind, LockImpl};
 use crate::procs::{run_workers, WorkerArgs};
+use crate::progress::Progress;
 use crate::report::{is_harness_command, ContendedRow, Report};
+use crate::simple::{KeySource, Keys, Sequential};
 
 /// The tokio runtime every process of the bench uses (multi-threaded, one worker per core).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -47,13 +60,80 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-#[derive(Debug)]
+/// `lockbench`'s command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lockbench",
+    about = "lockattr against the Redis round-trip floor and its peers, measured in one run \
+        (a private redis-server is started and stopped by the bench)",
+    after_help = "The markdown report goes to stdout, progress to stderr. Needs redis-server on \
+        PATH or LOCKATTR_REDIS_SERVER.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Internal>,
+    #[command(flatten)]
+    options: Options,
+}
+
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// One process of the two-process contended scenario (started by the bench itself)
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, clap::Args)]
 struct Options {
+    /// Fewer iterations (about 40 s instead of about 2 min)
+    #[arg(long)]
     quick: bool,
+    /// How 1 ms critical sections pass
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = BodyMode::Exact)]
     body_mode: BodyMode,
-    out: Option<String>,
+    /// Also write the markdown report to FILE
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Draw the latency distributions of every implementation, one panel per scenario, as SVG
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Implementations to measure, comma-separated (the raw floor always runs: every ratio is
+    /// to it)
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST", default_values_t = Kind::ALL)]
     impls: Vec<Kind>,
-    scenarios: Vec<String>,
+    /// Scenarios to run, comma-separated (PING and the uncontended reused-key rows always run)
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST", default_values_t = Scenario::ALL)]
+    scenarios: Vec<Scenario>,
+}
+
+/// Optional scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// One task, a new key every cycle: round trips, commands and latency of a first use
+    NewKeys,
+    /// 64 tasks, each on its own key, reused
+    Distinct,
+    /// 64 tasks, a new key every cycle
+    #[value(name = "new-keys-64")]
+    NewKeys64,
+    /// Lock and release many distinct keys; what is left in Redis right after and 10 s later
+    Footprint,
+    /// One key, W waiters in one process, forced handoffs
+    OneProc,
+    /// One key, W waiters over two processes, forced handoffs
+    TwoProc,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 6] = [
+        Scenario::NewKeys,
+        Scenario::Distinct,
+        Scenario::NewKeys64,
+        Scenario::Footprint,
+        Scenario::OneProc,
+        Scenario::TwoProc,
+    ];
 }
 
 /// Iteration counts and time bounds.
@@ -61,118 +141,50 @@ struct Options {
 struct Plan {
     rounds: usize,
     batch: usize,
+    counted_cycles: usize,
     distinct_tasks: usize,
     distinct_duration: Duration,
+    footprint_keys: u64,
     contended_duration: Duration,
     max_acquisitions: u64,
     body_mode: BodyMode,
 }
 
 impl Plan {
-    fn new(quick: bool) -> Plan {
+    fn new(quick: bool, body_mode: BodyMode) -> Plan {
         if quick {
             Plan {
                 rounds: 50,
                 batch: 20,
+                counted_cycles: 200,
                 distinct_tasks: 64,
                 distinct_duration: Duration::from_millis(500),
+                footprint_keys: 20_000,
                 contended_duration: Duration::from_millis(600),
                 max_acquisitions: 3_000,
-                body_mode: BodyMode::Exact,
+                body_mode,
             }
         } else {
             Plan {
                 rounds: 250,
                 batch: 20,
+                counted_cycles: 200,
                 distinct_tasks: 64,
-                distinct_duration: Duration::from_millis(1500),
+                distinct_duration: Duration::from_millis(1200),
+                footprint_keys: 100_000,
                 contended_duration: Duration::from_millis(2500),
                 max_acquisitions: 20_000,
-                body_mode: BodyMode::Exact,
+                body_mode,
             }
         }
     }
-}
-
-/// Optional scenarios; PING, the raw floor and the uncontended rows always run (every target
-/// is relative to them).
-const SCENARIOS: [&str; 3] = ["distinct", "one-proc", "two-proc"];
-
-const USAGE: &str =
-    "usage: lockbench [--quick] [--body-mode M] [--out FILE] [--impls LIST] [--scenarios LIST]
-  --quick           fewer iterations (about 30 s instead of about 1.5-2 min)
-  --body-mode M     how 1 ms critical sections pass: exact (default; std::thread::sleep on the
-                    blocking pool for all but the last 200 µs, which are spun: CPU-free for most
-                    of the body and exact to a few µs), sleep (only the blocking-pool sleep,
-                    ~60-100 µs longer than asked) or spin (CPU-bound, exact, but competes for the
-                    CPU with Redis and the lock's own work)
-  --out FILE        also write the markdown report to FILE
-  --impls LIST      comma-separated subset of raw,fenced-floor,spin,rslock,rslock-2ms,lockattr
-                    (default: all; fenced-floor is a diagnostic row: the Redis-side work of a
-                    fenced, pub/sub-waking lock without any runtime)
-  --scenarios LIST  comma-separated subset of distinct,one-proc,two-proc (default: all;
-                    PING, the raw floor and the uncontended rows always run)";
-
-fn parse_options(args: &[String]) -> Result<Options> {
-    let mut o = Options {
-        quick: false,
-        body_mode: BodyMode::Exact,
-        out: None,
-        impls: Kind::ALL.to_vec(),
-        scenarios: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--body-mode" => {
-                let m = it
-                    .next()
-                    .context("--body-mode needs exact, sleep or spin")?;
-                o.body_mode = BodyMode::parse(m).with_context(|| {
-                    format!("unknown body mode `{m}`; expected exact, sleep or spin")
-                })?;
-            }
-            "--out" => o.out = Some(it.next().context("--out needs a file")?.clone()),
-            "--impls" => {
-                o.impls = it
-                    .next()
-                    .context("--impls needs a list")?
-                    .split(',')
-                    .map(Kind::parse)
-                    .collect::<Result<_>>()?;
-            }
-            "--scenarios" => {
-                o.scenarios = it
-                    .next()
-                    .context("--scenarios needs a list")?
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect();
-                if let Some(bad) = o
-                    .scenarios
-                    .iter()
-                    .find(|s| !SCENARIOS.contains(&s.as_str()))
-                {
-                    bail!("unknown scenario `{bad}`; expected some of {SCENARIOS:?}");
-                }
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument `{other}`\n{USAGE}"),
-        }
-    }
-    Ok(o)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = if args.first().map(String::as_str) == Some("--worker") {
-        WorkerArgs::parse(&args[1..]).and_then(procs::worker_main)
-    } else {
-        parse_options(&args).and_then(run)
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Internal::Worker(args)) => procs::worker_main(args),
+        None => run(cli.options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -183,101 +195,128 @@ fn main() -> ExitCode {
     }
 }
 
-fn progress(msg: &str) {
-    eprintln!("[lockbench] {msg}");
-}
+/// Implementations of the sequential and distinct-key scenarios, in table order.
+const UNCONTENDED: [Kind; 5] = [
+    Kind::Raw,
+    Kind::FencedFloor,
+    Kind::Lockattr,
+    Kind::Rslock,
+    Kind::Spin,
+];
+
+/// Implementations of the contended scenarios.
+const CONTENDED: [Kind; 4] = [Kind::Lockattr, Kind::Spin, Kind::Rslock, Kind::Rslock2ms];
 
 fn run(opts: Options) -> Result<()> {
     let started = Instant::now();
-    let mut plan = Plan::new(opts.quick);
-    plan.body_mode = opts.body_mode;
+    let plan = Plan::new(opts.quick, opts.body_mode);
     let server = RedisServer::start();
     let url = server.url();
     let rt = runtime()?;
     let mut notes = Vec::new();
+    let wants = |s: Scenario| opts.scenarios.contains(&s);
 
-    // Which implementations can run in this build.
+    // Which implementations can run in this build (the raw floor always: every ratio is to it).
+    let mut requested = opts.impls.clone();
+    if !requested.contains(&Kind::Raw) {
+        requested.insert(0, Kind::Raw);
+    }
     let mut kinds = Vec::new();
-    for &kind in &opts.impls {
+    for &kind in &requested {
         match rt.block_on(build(kind, &url)) {
             Ok(_) => kinds.push(kind),
             Err(e) => {
-                progress(&format!("{} unavailable: {e:#}", kind.id()));
+                eprintln!("[lockbench] {} unavailable: {e:#}", kind.id());
                 notes.push(format!("{} not measured: {e:#}", kind.label()));
             }
         }
     }
     let has = |k: Kind| kinds.contains(&k);
-    let wants = |s: &str| opts.scenarios.iter().any(|x| x == s);
-
-    progress("PING, raw floor and uncontended lock+release");
-    let uncontended_kinds: Vec<Kind> = [
-        Kind::Raw,
-        Kind::FencedFloor,
-        Kind::Lockattr,
-        Kind::Rslock,
-        Kind::Spin,
-    ]
-    .into_iter()
-    .filter(|k| has(*k))
-    .collect();
-    let impls = rt.block_on(async {
-        let mut impls: Vec<(Kind, Arc<dyn LockImpl>)> = Vec::new();
-        for &k in &uncontended_kinds {
-            impls.push((k, build(k, &url).await?));
+    let uncontended: Vec<Kind> = UNCONTENDED.into_iter().filter(|k| has(*k)).collect();
+    let contended_kinds: Vec<Kind> = CONTENDED.into_iter().filter(|k| has(*k)).collect();
+    let procs: Vec<u32> = [(1, Scenario::OneProc), (2, Scenario::TwoProc)]
+        .into_iter()
+        .filter(|(_, s)| wants(*s))
+        .map(|(p, _)| p)
+        .collect();
+    let n = uncontended.len() as u64;
+    let steps = 2
+        + if wants(Scenario::NewKeys) { 2 } else { 0 }
+        + if wants(Scenario::Distinct) {
+            DISTINCT_ROUNDS
+        } else {
+            0
         }
-        anyhow::Ok(impls)
-    })?;
-    let mut uncontended =
-        rt.block_on(simple::uncontended(&url, &impls, plan.rounds, plan.batch))?;
-    const COUNTED_CYCLES: usize = 200;
-    for (kind, imp) in &impls {
-        let key = format!("u-{}", kind.id());
-        server.reset_stats();
-        rt.block_on(simple::cycles(&**imp, &key, COUNTED_CYCLES))?;
-        let total: u64 = lock_commands(server.command_counts()).values().sum();
-        uncontended
-            .commands
-            .push((*kind, total as f64 / COUNTED_CYCLES as f64));
-    }
-    rt.block_on(async move { drop(impls) });
+        + if wants(Scenario::NewKeys64) {
+            DISTINCT_ROUNDS
+        } else {
+            0
+        }
+        + if wants(Scenario::Footprint) { n + 2 } else { 0 }
+        + contended_kinds.len() as u64 * procs.len() as u64 * 4;
+    let mut progress = Progress::new(steps);
+
+    progress.step("PING, raw floor and uncontended lock+release on a reused key");
+    let reused = sequential_scenario(&rt, &server, &uncontended, Keys::Reused, &plan)?;
+    progress.step("round trips and Redis commands per cycle, reused key");
+    let reused = count_scenario(&rt, &server, reused, &plan, &mut notes)?;
+
+    let fresh = if wants(Scenario::NewKeys) {
+        progress.step("uncontended lock+release, a new key every cycle");
+        let fresh = sequential_scenario(&rt, &server, &uncontended, Keys::Fresh, &plan)?;
+        progress.step("round trips and Redis commands per cycle, new keys");
+        Some(count_scenario(&rt, &server, fresh, &plan, &mut notes)?)
+    } else {
+        None
+    };
 
     let mut distinct = Vec::new();
-    for kind in [Kind::Raw, Kind::FencedFloor, Kind::Lockattr, Kind::Rslock] {
-        if !has(kind) || !wants("distinct") {
-            continue;
+    let mut distinct_fresh = Vec::new();
+    for (scenario, keys, out) in [
+        (Scenario::Distinct, Keys::Reused, &mut distinct),
+        (Scenario::NewKeys64, Keys::Fresh, &mut distinct_fresh),
+    ] {
+        if wants(scenario) {
+            *out = distinct_scenario(&rt, &server, &uncontended, keys, &plan, &mut progress)?;
         }
-        progress(&format!(
-            "{} tasks on distinct keys: {}",
-            plan.distinct_tasks,
-            kind.id()
+    }
+
+    // The footprint's second readings come 10 s after each fill; the contended scenarios run
+    // meanwhile (on another server: the footprint servers only wait).
+    let mut peak = None;
+    let mut pending = Vec::new();
+    if wants(Scenario::Footprint) {
+        progress.step(&format!(
+            "footprint yardstick: {} raw-floor locks held at once",
+            plan.footprint_keys
         ));
-        let imp = rt.block_on(build(kind, &url))?;
-        let redis_cpu_before = redis_cpu_ns(&server);
-        let mut d = rt.block_on(simple::distinct_keys(
-            kind,
-            imp,
-            plan.distinct_tasks,
-            plan.distinct_duration,
-        ));
-        if let (Some(a), Some(b)) = (redis_cpu_before, redis_cpu_ns(&server)) {
-            d.redis_cpu_ns = Some(b.saturating_sub(a) as f64 / d.cycles.max(1) as f64);
+        match footprint::peak_of_held_locks(plan.footprint_keys) {
+            Ok(p) => peak = Some(p),
+            Err(e) => notes.push(format!("footprint yardstick failed: {e:#}")),
         }
-        distinct.push(d);
+        for &kind in &uncontended {
+            progress.step(&format!(
+                "footprint: {} distinct keys locked and released, {}",
+                plan.footprint_keys,
+                kind.id()
+            ));
+            match footprint::start(&rt, kind, plan.footprint_keys) {
+                Ok(p) => pending.push(p),
+                Err(e) => {
+                    let note = format!("footprint of {} failed: {e:#}", kind.label());
+                    progress.note(&note);
+                    notes.push(note);
+                }
+            }
+        }
     }
 
     let mut contended = Vec::new();
-    for kind in [Kind::Lockattr, Kind::Spin, Kind::Rslock, Kind::Rslock2ms] {
-        if !has(kind) {
-            continue;
-        }
-        for procs in [1u32, 2] {
-            if !wants(if procs == 1 { "one-proc" } else { "two-proc" }) {
-                continue;
-            }
+    for &kind in &contended_kinds {
+        for &procs in &procs {
             for waiters in [10u32, 100] {
                 for body in [Duration::ZERO, Duration::from_millis(1)] {
-                    progress(&format!(
+                    progress.step(&format!(
                         "contended: {} {procs} proc {waiters} waiters body {} µs",
                         kind.id(),
                         body.as_micros()
@@ -289,16 +328,27 @@ fn run(opts: Options) -> Result<()> {
                     };
                     match row {
                         Ok(row) => contended.push(row),
-                        Err(e) => notes.push(format!(
-                            "{} {procs} proc {waiters} waiters body {} µs failed: {e:#}",
-                            kind.label(),
-                            body.as_micros()
-                        )),
+                        Err(e) => {
+                            let note = format!(
+                                "{} {procs} proc {waiters} waiters body {} µs failed: {e:#}",
+                                kind.label(),
+                                body.as_micros()
+                            );
+                            progress.note(&note);
+                            notes.push(note);
+                        }
                     }
                 }
             }
         }
     }
+
+    let mut footprints = Vec::new();
+    if wants(Scenario::Footprint) {
+        progress.step("footprint: the readings 10 s after the last release");
+        footprints = pending.into_iter().map(|p| p.finish(&rt)).collect();
+    }
+    progress.finish();
 
     let header = vec![
         ("date (UTC)".to_owned(), utc_now()),
@@ -317,31 +367,161 @@ fn run(opts: Options) -> Result<()> {
         (
             "mode".to_owned(),
             format!(
-                "{} ({} s per contended scenario, max {} acquisitions, {} bodies; {} × {} uncontended samples); total {:.0} s",
+                "{} ({} s per contended scenario, max {} acquisitions, {} bodies; {} × {} sequential samples; {} keys in the footprint); total {:.0} s",
                 if opts.quick { "--quick" } else { "full" },
                 plan.contended_duration.as_secs_f64(),
                 plan.max_acquisitions,
                 plan.body_mode.id(),
                 plan.rounds,
                 plan.batch,
+                plan.footprint_keys,
                 started.elapsed().as_secs_f64()
             ),
         ),
     ];
     let report = Report {
         header,
-        uncontended: Some(uncontended),
+        reused: Some(reused),
+        fresh,
         distinct,
+        distinct_fresh,
         distinct_tasks: plan.distinct_tasks,
+        footprints,
+        peak,
         contended,
         notes,
     };
     let text = report.render();
     println!("{text}");
-    if let Some(path) = opts.out {
-        std::fs::write(&path, &text).with_context(|| format!("write {path}"))?;
+    if let Some(path) = &opts.out {
+        std::fs::write(path, &text).with_context(|| format!("write {}", path.display()))?;
+    }
+    if let Some(path) = &opts.plot {
+        plot::draw(&report, path).with_context(|| format!("draw {}", path.display()))?;
+        eprintln!("[lockbench] plot written to {}", path.display());
     }
     Ok(())
+}
+
+/// Rounds of the 64-task scenarios: every implementation runs once per round, in turn, so that
+/// a change of machine load hits every row alike (the scenario is CPU-bound on 2 cores).
+const DISTINCT_ROUNDS: u64 = 3;
+
+/// `plan.distinct_tasks` tasks on distinct keys, every implementation for
+/// `plan.distinct_duration` in all, split over [`DISTINCT_ROUNDS`] interleaved rounds.
+fn distinct_scenario(
+    rt: &tokio::runtime::Runtime,
+    server: &RedisServer,
+    kinds: &[Kind],
+    keys: Keys,
+    plan: &Plan,
+    progress: &mut Progress,
+) -> Result<Vec<simple::Distinct>> {
+    let url = server.url();
+    let impls = rt.block_on(async {
+        let mut impls: Vec<(Kind, Arc<dyn LockImpl>)> = Vec::new();
+        for &k in kinds {
+            impls.push((k, build(k, &url).await?));
+        }
+        anyhow::Ok(impls)
+    })?;
+    let per_round = plan.distinct_duration / u32::try_from(DISTINCT_ROUNDS).unwrap_or(1);
+    let mut rounds: Vec<Vec<simple::DistinctRound>> = impls.iter().map(|_| Vec::new()).collect();
+    for round in 0..DISTINCT_ROUNDS {
+        progress.step(&format!(
+            "{} tasks, {}: round {}/{DISTINCT_ROUNDS} of every implementation",
+            plan.distinct_tasks,
+            match keys {
+                Keys::Reused => "each on its own key",
+                Keys::Fresh => "a new key every cycle",
+            },
+            round + 1
+        ));
+        for ((kind, imp), out) in impls.iter().zip(&mut rounds) {
+            let redis_before = redis_cpu_ns(server);
+            let mut r = rt.block_on(simple::distinct_keys(
+                *kind,
+                imp.clone(),
+                &format!("d{round}"),
+                keys,
+                plan.distinct_tasks,
+                per_round,
+            ));
+            r.redis_cpu_ns = match (redis_before, redis_cpu_ns(server)) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            };
+            out.push(r);
+        }
+    }
+    rt.block_on(async move { drop(impls) });
+    Ok(kinds
+        .iter()
+        .zip(rounds)
+        .map(|(kind, r)| simple::Distinct::of_rounds(*kind, r))
+        .collect())
+}
+
+/// PING and every implementation, one task, lock + release on `keys`.
+fn sequential_scenario(
+    rt: &tokio::runtime::Runtime,
+    server: &RedisServer,
+    kinds: &[Kind],
+    keys: Keys,
+    plan: &Plan,
+) -> Result<Sequential> {
+    let url = server.url();
+    rt.block_on(async {
+        let mut impls: Vec<(Kind, Arc<dyn LockImpl>)> = Vec::new();
+        for &k in kinds {
+            impls.push((k, build(k, &url).await?));
+        }
+        let result = simple::sequential(&url, &impls, keys, plan.rounds, plan.batch).await;
+        drop(impls);
+        result
+    })
+}
+
+/// Fills in round trips and Redis commands per cycle: each implementation is connected through
+/// a [`FlightCounter`] and runs `plan.counted_cycles` cycles on keys of the same pattern, after
+/// a few warm-up cycles (connections, script loading, first-use paths) that are not counted.
+fn count_scenario(
+    rt: &tokio::runtime::Runtime,
+    server: &RedisServer,
+    mut sequential: Sequential,
+    plan: &Plan,
+    notes: &mut Vec<String>,
+) -> Result<Sequential> {
+    let n = plan.counted_cycles;
+    for row in &mut sequential.rows {
+        let kind = row.kind;
+        let counted = rt.block_on(async {
+            let counter = FlightCounter::start(server.addr()).await?;
+            let imp = build(kind, &counter.url()).await?;
+            let keys = KeySource::new("c", sequential.keys, kind, 0);
+            simple::cycles(&*imp, &keys, 5).await?;
+            counter.reset();
+            server.reset_stats();
+            simple::cycles(&*imp, &keys, n).await?;
+            let flights = counter.flights();
+            let commands = lock_commands(server.command_counts());
+            drop(imp);
+            anyhow::Ok((flights, commands))
+        });
+        match counted {
+            Ok((flights, commands)) => {
+                let per = |c: u64| c as f64 / n as f64;
+                row.round_trips = Some(per(flights));
+                row.commands = Some(per(commands.values().sum()));
+                row.commands_by_name = commands.into_iter().map(|(k, v)| (k, per(v))).collect();
+            }
+            Err(e) => notes.push(format!(
+                "counting round trips of {} failed: {e:#}",
+                kind.label()
+            )),
+        }
+    }
+    Ok(sequential)
 }
 
 fn run_key(kind: Kind, procs: u32, waiters: u32, body: Duration) -> String {
@@ -499,4 +679,68 @@ fn utc_now() -> String {
         rem / 3600,
         rem % 3600 / 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_worker_parses_what_the_parent_wrote() {
+        let sent = WorkerArgs {
+            url: "redis://127.0.0.1:7000".to_owned(),
+            kind: Kind::Rslock2ms,
+            key: "c-x".to_owned(),
+            tasks: 50,
+            max_acquisitions: 10_000,
+            body: Duration::from_millis(1),
+            body_mode: BodyMode::Exact,
+            proc_id: 1,
+        };
+        let cli =
+            Cli::try_parse_from(std::iter::once("lockbench".to_owned()).chain(sent.to_args()))
+                .expect("parses");
+        let Some(Internal::Worker(got)) = cli.command else {
+            panic!("not a worker: {cli:?}")
+        };
+        assert_eq!(
+            (got.url, got.kind, got.key, got.tasks, got.max_acquisitions),
+            (
+                sent.url,
+                sent.kind,
+                sent.key,
+                sent.tasks,
+                sent.max_acquisitions
+            )
+        );
+        assert_eq!(
+            (got.body, got.body_mode, got.proc_id),
+            (sent.body, sent.body_mode, sent.proc_id)
+        );
+    }
+
+    #[test]
+    fn lists_are_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "lockbench",
+            "--impls",
+            "raw,lockattr",
+            "--scenarios",
+            "new-keys,footprint",
+        ])
+        .expect("parses");
+        assert_eq!(cli.options.impls, vec![Kind::Raw, Kind::Lockattr]);
+        assert_eq!(
+            cli.options.scenarios,
+            vec![Scenario::NewKeys, Scenario::Footprint]
+        );
+        assert!(Cli::try_parse_from(["lockbench", "--scenarios", "everything"]).is_err());
+    }
 }

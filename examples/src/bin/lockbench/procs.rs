@@ -1,5 +1,5 @@
 //! The two-process variant of the contended scenario: the bench re-executes itself with a hidden
-//! `--worker` command, each worker runs half of the tasks, and the parent merges their records.
+//! `worker` subcommand, each worker runs half of the tasks, and the parent merges their records.
 //!
 //! Protocol (one line each): worker -> `READY`; parent -> `GO <deadline_ns>`; worker -> `REC ..`
 //! lines, `ERR ..` lines, then `DONE <inside_violations>`; the worker exits when its stdin closes,
@@ -10,61 +10,67 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _};
 
 use crate::clock::now_ns;
 use crate::contended::{run_tasks, BodyMode, ProcOutcome, Record, TaskParams, DRAIN_GRACE};
 use crate::impls::{build, Kind};
 
-/// What the parent tells a worker.
-#[derive(Debug, Clone)]
+/// What the parent tells a worker (`lockbench worker ...`, a hidden subcommand).
+#[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
+    #[arg(long)]
     pub url: String,
+    #[arg(long, value_enum)]
     pub kind: Kind,
+    #[arg(long)]
     pub key: String,
+    #[arg(long)]
     pub tasks: u32,
+    #[arg(long)]
     pub max_acquisitions: u64,
+    #[arg(long = "body-us", value_parser = micros)]
     pub body: Duration,
+    #[arg(long, value_enum)]
     pub body_mode: BodyMode,
+    #[arg(long)]
     pub proc_id: u32,
 }
 
+fn micros(value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .map(Duration::from_micros)
+        .map_err(|_| format!("takes whole microseconds, not `{value}`"))
+}
+
 impl WorkerArgs {
-    fn to_args(&self) -> Vec<String> {
+    /// The command line that [`crate::Cli`] parses back into these arguments.
+    pub fn to_args(&self) -> Vec<String> {
         vec![
-            "--worker".into(),
+            "worker".into(),
+            "--url".into(),
             self.url.clone(),
+            "--kind".into(),
             self.kind.id().into(),
+            "--key".into(),
             self.key.clone(),
+            "--tasks".into(),
             self.tasks.to_string(),
+            "--max-acquisitions".into(),
             self.max_acquisitions.to_string(),
+            "--body-us".into(),
             self.body.as_micros().to_string(),
+            "--body-mode".into(),
             self.body_mode.id().into(),
+            "--proc-id".into(),
             self.proc_id.to_string(),
         ]
-    }
-
-    /// Parses what [`to_args`](Self::to_args) wrote (after `--worker`).
-    pub fn parse(args: &[String]) -> Result<WorkerArgs> {
-        let [url, kind, key, tasks, max, body_us, body_mode, proc_id] = args else {
-            bail!("--worker expects 8 arguments, got {}", args.len());
-        };
-        Ok(WorkerArgs {
-            url: url.clone(),
-            kind: Kind::parse(kind)?,
-            key: key.clone(),
-            tasks: tasks.parse()?,
-            max_acquisitions: max.parse()?,
-            body: Duration::from_micros(body_us.parse()?),
-            body_mode: BodyMode::parse(body_mode)
-                .ok_or_else(|| anyhow!("unknown body mode `{body_mode}`"))?,
-            proc_id: proc_id.parse()?,
-        })
     }
 }
 
 /// Entry point of a worker process.
-pub fn worker_main(args: WorkerArgs) -> Result<()> {
+pub fn worker_main(args: WorkerArgs) -> anyhow::Result<()> {
     let rt = crate::runtime()?;
     let imp = rt.block_on(async {
         let imp = build(args.kind, &args.url).await?;
@@ -143,7 +149,7 @@ pub fn run_workers<T>(
     duration: Duration,
     before_go: impl FnOnce(),
     after_done: impl FnOnce() -> T,
-) -> Result<(ProcOutcome, T, u64)> {
+) -> anyhow::Result<(ProcOutcome, T, u64)> {
     let exe = std::env::current_exe().context("locate the bench binary")?;
     let (tx, rx) = mpsc::channel::<(usize, Option<String>)>();
     let mut workers = Vec::new();
@@ -220,7 +226,7 @@ pub fn run_workers<T>(
 fn next_line(
     rx: &mpsc::Receiver<(usize, Option<String>)>,
     until: Instant,
-) -> Result<(usize, Option<String>)> {
+) -> anyhow::Result<(usize, Option<String>)> {
     let left = until.saturating_duration_since(Instant::now());
     rx.recv_timeout(left)
         .map_err(|_| anyhow!("workers did not answer in time"))

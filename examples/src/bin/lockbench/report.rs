@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::contended::Analysis;
+use crate::footprint::{Footprint, Peak, SETTLE};
 use crate::impls::Kind;
-use crate::simple::{Distinct, Uncontended};
+use crate::simple::{Distinct, Keys, Sequential};
 use crate::stats::us;
 
 /// Fewest cross-process handoffs from which the bench reports a cross-process p50 as a target.
@@ -36,7 +37,7 @@ impl ContendedRow {
             .then(|| self.commands.values().sum::<u64>() as f64 / self.a.acquisitions as f64)
     }
 
-    fn scenario(&self) -> String {
+    pub fn scenario(&self) -> String {
         format!(
             "{} proc × {} waiters, body {}",
             self.procs,
@@ -58,9 +59,17 @@ fn body_label(body: Duration) -> String {
 #[derive(Debug)]
 pub struct Report {
     pub header: Vec<(String, String)>,
-    pub uncontended: Option<Uncontended>,
+    /// One task, one key reused (with PING).
+    pub reused: Option<Sequential>,
+    /// One task, a new key every cycle.
+    pub fresh: Option<Sequential>,
+    /// Many tasks, each on its own key, reused.
     pub distinct: Vec<Distinct>,
+    /// Many tasks, a new key every cycle.
+    pub distinct_fresh: Vec<Distinct>,
     pub distinct_tasks: usize,
+    pub footprints: Vec<Footprint>,
+    pub peak: Option<Peak>,
     pub contended: Vec<ContendedRow>,
     pub notes: Vec<String>,
 }
@@ -78,17 +87,27 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 impl Report {
     fn ping_p50(&self) -> Option<u64> {
-        self.uncontended.as_ref().and_then(|u| u.ping.p50)
+        self.reused.as_ref().and_then(|u| u.ping.p50)
     }
 
     fn uncontended_p50(&self, kind: Kind) -> Option<u64> {
-        self.uncontended
-            .as_ref()?
-            .rows
-            .iter()
-            .find(|(k, _)| *k == kind)?
-            .1
-            .p50
+        self.reused.as_ref()?.p50(kind)
+    }
+
+    fn fresh_p50(&self, kind: Kind) -> Option<u64> {
+        self.fresh.as_ref()?.p50(kind)
+    }
+
+    fn fresh_row(&self, kind: Kind) -> Option<&crate::simple::SequentialRow> {
+        self.fresh.as_ref()?.row(kind)
+    }
+
+    fn distinct_fresh(&self, kind: Kind) -> Option<&Distinct> {
+        self.distinct_fresh.iter().find(|d| d.kind == kind)
+    }
+
+    fn footprint(&self, kind: Kind) -> Option<&Footprint> {
+        self.footprints.iter().find(|f| f.kind == kind)
     }
 
     fn row(&self, kind: Kind, procs: u32, waiters: u32, body_ms: u64) -> Option<&ContendedRow> {
@@ -107,10 +126,25 @@ impl Report {
             let _ = writeln!(s, "- {k}: {v}");
         }
         let _ = writeln!(s);
-        self.render_uncontended(&mut s);
-        self.render_distinct(&mut s);
+        if let Some(reused) = &self.reused {
+            render_sequential(&mut s, reused);
+        }
+        if let Some(fresh) = &self.fresh {
+            render_sequential(&mut s, fresh);
+        }
+        render_distinct(&mut s, &self.distinct, self.distinct_tasks, Keys::Reused);
+        render_distinct(
+            &mut s,
+            &self.distinct_fresh,
+            self.distinct_tasks,
+            Keys::Fresh,
+        );
+        self.render_footprint(&mut s);
         self.render_contended(&mut s);
         self.render_targets(&mut s);
+        for seq in [&self.reused, &self.fresh].into_iter().flatten() {
+            render_sequential_commands(&mut s, seq);
+        }
         self.render_commands(&mut s);
         if !self.notes.is_empty() {
             let _ = writeln!(s, "### Notes\n");
@@ -122,71 +156,60 @@ impl Report {
         s
     }
 
-    fn render_uncontended(&self, s: &mut String) {
-        let Some(u) = &self.uncontended else { return };
-        let raw = self.uncontended_p50(Kind::Raw);
-        let _ = writeln!(
-            s,
-            "### Round trips and uncontended lock + release (sequential, one task)\n"
-        );
-        let _ = writeln!(
-            s,
-            "| operation | p50 | p99 | p50 ÷ raw floor | p50 ÷ PING | Redis cmds | samples |"
-        );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
-        let _ = writeln!(
-            s,
-            "| PING (redis-rs MultiplexedConnection) | {} | {} | {} | 1.00 | 1 | {} |",
-            us(u.ping.p50),
-            us(u.ping.p99),
-            opt(ratio(u.ping.p50, raw), 2),
-            u.ping.n
-        );
-        for (kind, sum) in &u.rows {
-            let cmds = u.commands.iter().find(|(k, _)| k == kind).map(|(_, c)| *c);
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                kind.label(),
-                us(sum.p50),
-                us(sum.p99),
-                opt(ratio(sum.p50, raw), 2),
-                opt(ratio(sum.p50, u.ping.p50), 2),
-                opt(cmds, 1),
-                sum.n
-            );
-        }
-        let _ = writeln!(s);
-    }
-
-    fn render_distinct(&self, s: &mut String) {
-        if self.distinct.is_empty() {
+    fn render_footprint(&self, s: &mut String) {
+        if self.footprints.is_empty() {
             return;
         }
+        let n = self.footprints[0].keys_locked;
         let _ = writeln!(
             s,
-            "### {} tasks on distinct keys (one process, lock + release loops)\n",
-            self.distinct_tasks
+            "### Footprint: {n} distinct keys locked and released once (64 tasks, a private redis-server each)\n"
         );
-        let _ = writeln!(
-            s,
-            "| implementation | cycles/s | cycle p50 | cycle p99 | client CPU / cycle | redis CPU / cycle | cycles | errors |"
-        );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
-        let cpu = |ns: Option<f64>| ns.map_or("–".to_owned(), |ns| format!("{:.1} µs", ns / 1e3));
-        for d in &self.distinct {
+        if let Some(p) = self.peak {
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-                d.kind.label(),
-                d.per_sec,
-                us(d.cycle.p50),
-                us(d.cycle.p99),
-                cpu(d.client_cpu_ns),
-                cpu(d.redis_cpu_ns),
-                d.cycles,
-                d.errors
+                "Yardstick: {} raw-floor locks held at once take {} above the empty server.\n",
+                p.keys,
+                bytes(p.bytes)
             );
+        }
+        let _ = writeln!(
+            s,
+            "| implementation | baseline keys / used_memory | right after: keys / bytes above baseline | {} s after: keys / bytes above baseline | left after {} s: % of keys locked / % of the yardstick's bytes | fill time | errors |",
+            SETTLE.as_secs(),
+            SETTLE.as_secs()
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+        for f in &self.footprints {
+            let (ak, ab) = f.after.above(f.baseline);
+            let settled = f.settled.map(|x| x.above(f.baseline));
+            let _ = writeln!(
+                s,
+                "| {} | {} / {} | {ak} / {} | {} | {} | {:.1} s | {} |",
+                f.kind.label(),
+                f.baseline.keys,
+                bytes(i64::try_from(f.baseline.used_memory).unwrap_or(i64::MAX)),
+                bytes(ab),
+                settled.map_or("–".to_owned(), |(k, b)| format!("{k} / {}", bytes(b))),
+                settled.map_or("–".to_owned(), |(k, b)| format!(
+                    "{} / {}",
+                    percent(k as f64 / f.keys_locked.max(1) as f64),
+                    self.peak
+                        .filter(|p| p.bytes > 0)
+                        .map_or("–".to_owned(), |p| percent(b as f64 / p.bytes as f64))
+                )),
+                f.fill.as_secs_f64(),
+                f.errors
+            );
+        }
+        let late: Vec<String> = self
+            .footprints
+            .iter()
+            .filter(|f| f.settled_after > SETTLE + Duration::from_secs(1))
+            .map(|f| format!("{} at {:.1} s", f.kind.id(), f.settled_after.as_secs_f64()))
+            .collect();
+        if !late.is_empty() {
+            let _ = writeln!(s, "\nSecond readings taken late: {}.", late.join(", "));
         }
         let _ = writeln!(s);
     }
@@ -252,10 +275,110 @@ impl Report {
 
         let lu = self.uncontended_p50(l);
         t.check(
-            "uncontended lock+release p50 ≤ 1.10 × raw floor p50",
+            "uncontended lock+release p50, reused key ≤ 1.10 × raw floor p50",
             format!("{} vs floor {}", us(lu), us(raw)),
             ratio(lu, raw),
             1.10,
+            true,
+        );
+        let (lf, rf) = (self.fresh_p50(l), self.fresh_p50(Kind::Raw));
+        t.check(
+            "first use of a key: lock+release p50 ≤ 1.10 × raw floor p50 (new keys)",
+            format!("{} vs floor {}", us(lf), us(rf)),
+            ratio(lf, rf),
+            1.10,
+            true,
+        );
+        let trips = self.fresh_row(l).and_then(|r| r.round_trips);
+        t.check(
+            "first use of a key: round trips per lock+release ≤ 2",
+            opt(trips, 2),
+            trips,
+            2.0,
+            true,
+        );
+        let cmds = self.fresh_row(l).and_then(|r| r.commands);
+        t.check(
+            "first use of a key: Redis commands per lock+release ≤ 5",
+            opt(cmds, 2),
+            cmds,
+            5.0,
+            true,
+        );
+        let per_sec = |d: Option<&Distinct>| d.map(|d| d.per_sec);
+        let (ld, pd) = (
+            per_sec(self.distinct_fresh(l)),
+            per_sec(self.distinct_fresh(Kind::Rslock)),
+        );
+        t.check(
+            &format!(
+                "{} tasks, a new key every cycle: cycles/s ≥ 0.95 × rslock's",
+                self.distinct_tasks
+            ),
+            format!("{} vs {}", opt(ld, 0), opt(pd, 0)),
+            match (ld, pd) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            },
+            0.95,
+            false,
+        );
+        let find = |kind: Kind| self.distinct.iter().find(|d| d.kind == kind);
+        let (ld, pd) = (per_sec(find(l)), per_sec(find(Kind::Rslock)));
+        t.info(
+            &format!(
+                "{} tasks, each on its own key reused: cycles/s vs rslock's",
+                self.distinct_tasks
+            ),
+            format!(
+                "{} vs {} ({}×)",
+                opt(ld, 0),
+                opt(pd, 0),
+                opt(
+                    match (ld, pd) {
+                        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                        _ => None,
+                    },
+                    2
+                )
+            ),
+        );
+        let f = self.footprint(l);
+        let settled = f.and_then(|f| Some((f, f.settled?.above(f.baseline))));
+        let when = |f: &Footprint| {
+            if f.settled_after > SETTLE + Duration::from_secs(1) {
+                format!(" (read at {:.1} s)", f.settled_after.as_secs_f64())
+            } else {
+                String::new()
+            }
+        };
+        t.check(
+            &format!(
+                "footprint {} s after {} first uses: keys above baseline ≤ 1 % of the keys locked",
+                SETTLE.as_secs(),
+                f.map_or(0, |f| f.keys_locked)
+            ),
+            settled.map_or("–".to_owned(), |(f, (k, _))| {
+                format!("{k} keys{}", when(f))
+            }),
+            settled.map(|(f, (k, _))| 100.0 * k as f64 / f.keys_locked.max(1) as f64),
+            1.0,
+            true,
+        );
+        let peak = self.peak.filter(|p| p.bytes > 0);
+        t.check(
+            "footprint: used_memory above baseline ≤ 1 % of the peak of as many held locks",
+            settled.map_or("–".to_owned(), |(_, (_, b))| {
+                format!(
+                    "{} vs peak {}",
+                    bytes(b),
+                    peak.map_or("–".to_owned(), |p| bytes(p.bytes))
+                )
+            }),
+            settled
+                .zip(peak)
+                .map(|((_, (_, b)), p)| 100.0 * b as f64 / p.bytes as f64),
+            1.0,
             true,
         );
         for w in [10, 100] {
@@ -443,6 +566,11 @@ impl Report {
                 &format!("uncontended p50 vs {}", p.label()),
                 format!("{} vs {} ({}×)", us(lu), us(pu), opt(ratio(lu, pu), 2)),
             );
+            let (lf, pf) = (self.fresh_p50(l), self.fresh_p50(p));
+            t.info(
+                &format!("first use of a key p50 vs {}", p.label()),
+                format!("{} vs {} ({}×)", us(lf), us(pf), opt(ratio(lf, pf), 2)),
+            );
         }
         let _ = writeln!(s, "### Targets (lockattr)\n");
         let _ = writeln!(s, "| target | measured | ratio / value | limit | result |");
@@ -506,6 +634,136 @@ impl Report {
             }
             let _ = writeln!(s);
         }
+    }
+}
+
+fn keys_title(keys: Keys) -> &'static str {
+    match keys {
+        Keys::Reused => "one key, reused every cycle",
+        Keys::Fresh => "a new key every cycle (first use of each key)",
+    }
+}
+
+fn render_sequential(s: &mut String, seq: &Sequential) {
+    let raw = seq.p50(Kind::Raw);
+    let _ = writeln!(
+        s,
+        "### Uncontended lock + release, one task, {}\n",
+        keys_title(seq.keys)
+    );
+    let _ = writeln!(
+        s,
+        "| operation | p50 | p99 | p50 ÷ raw floor | p50 ÷ PING | round trips | Redis cmds | samples |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    // PING is measured in every sequential scenario, interleaved with its rows.
+    let _ = writeln!(
+        s,
+        "| PING (redis-rs MultiplexedConnection) | {} | {} | {} | 1.00 | 1 | 1 | {} |",
+        us(seq.ping.p50),
+        us(seq.ping.p99),
+        opt(ratio(seq.ping.p50, raw), 2),
+        seq.ping.n
+    );
+    for row in &seq.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.kind.label(),
+            us(row.latency.p50),
+            us(row.latency.p99),
+            opt(ratio(row.latency.p50, raw), 2),
+            opt(ratio(row.latency.p50, seq.ping.p50), 2),
+            opt(row.round_trips, 2),
+            opt(row.commands, 2),
+            row.latency.n
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn render_sequential_commands(s: &mut String, seq: &Sequential) {
+    if seq.rows.iter().all(|r| r.commands_by_name.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "### Redis commands per lock + release, by command: {}\n",
+        keys_title(seq.keys)
+    );
+    let _ = writeln!(s, "| implementation | commands per cycle |");
+    let _ = writeln!(s, "|---|---|");
+    for row in &seq.rows {
+        let mut by: Vec<(&String, &f64)> = row.commands_by_name.iter().collect();
+        by.sort_by(|a, b| b.1.total_cmp(a.1));
+        let list: Vec<String> = by.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
+        let _ = writeln!(s, "| {} | {} |", row.kind.label(), list.join(", "));
+    }
+    let _ = writeln!(s);
+}
+
+fn render_distinct(s: &mut String, rows: &[Distinct], tasks: usize, keys: Keys) {
+    if rows.is_empty() {
+        return;
+    }
+    let raw = rows.iter().find(|d| d.kind == Kind::Raw);
+    let _ = writeln!(
+        s,
+        "### {tasks} tasks at once, one process, {}\n",
+        match keys {
+            Keys::Reused => "each task on its own key, reused every cycle",
+            Keys::Fresh => "each task on a new key every cycle",
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| implementation | cycles/s | ÷ raw floor | cycle p50 | cycle p99 | client CPU / cycle | ÷ raw floor | redis CPU / cycle | cycles | errors |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let cpu = |ns: Option<f64>| ns.map_or("–".to_owned(), |ns| format!("{:.1} µs", ns / 1e3));
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    for d in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            d.kind.label(),
+            d.per_sec,
+            opt(div(Some(d.per_sec), raw.map(|r| r.per_sec)), 2),
+            us(d.cycle.p50),
+            us(d.cycle.p99),
+            cpu(d.client_cpu_ns),
+            opt(div(d.client_cpu_ns, raw.and_then(|r| r.client_cpu_ns)), 2),
+            cpu(d.redis_cpu_ns),
+            d.cycles,
+            d.errors
+        );
+    }
+    let _ = writeln!(s);
+}
+
+/// A share as a percentage, with the same minus sign as [`bytes`].
+fn percent(share: f64) -> String {
+    let p = format!("{:.1} %", 100.0 * share.abs());
+    if share < -0.0005 {
+        format!("−{p}")
+    } else {
+        p
+    }
+}
+
+/// Bytes for a table cell: `12.3 MB`, `45.6 KB`, `789 B` (decimal units, signed).
+pub fn bytes(b: i64) -> String {
+    let a = b.unsigned_abs() as f64;
+    let sign = if b < 0 { "−" } else { "" };
+    if a >= 1e6 {
+        format!("{sign}{:.1} MB", a / 1e6)
+    } else if a >= 1e4 {
+        format!("{sign}{:.1} KB", a / 1e3)
+    } else {
+        format!("{sign}{a:.0} B")
     }
 }
 

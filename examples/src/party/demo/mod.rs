@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 
 use self::client::HttpClient;
 use self::options::DemoOptions;
-use self::processes::{ServiceArgs, ServiceProcess};
+use self::processes::{ServiceArgs, ServiceCommand, ServiceProcess};
 use self::redis::RedisSource;
 use self::report::{format_duration, ModeReport, Outcome};
 use super::db::Db;
@@ -51,8 +51,8 @@ pub struct Scenario {
     pub processes: usize,
     /// Simulated work between the check and the insert.
     pub think: Duration,
-    /// The `party-service` binary.
-    pub service_binary: PathBuf,
+    /// What runs one service process (`party-demo serve`, or the `party-service` binary).
+    pub service: ServiceCommand,
     /// The Redis for the locks.
     pub redis_url: String,
     /// `postgres://...`; `None` for a SQLite file in `work_dir`.
@@ -108,7 +108,7 @@ pub async fn run_scenario(scenario: &Scenario) -> anyhow::Result<ScenarioReport>
     let mut services = Vec::with_capacity(scenario.processes);
     for index in 0..scenario.processes {
         let log = scenario.work_dir.join(format!("party-service-{index}.log"));
-        let service = ServiceProcess::start(&scenario.service_binary, index, &args, log).await?;
+        let service = ServiceProcess::start(&scenario.service, index, &args, log).await?;
         progress(format_args!(
             "service {index} (pid {}) listening on {}",
             service.pid(),
@@ -369,31 +369,10 @@ impl Drop for TempDir {
     }
 }
 
-/// `party-service` next to the running executable (`cargo run --bin party-demo` builds every
-/// binary of the package into the same directory).
-///
-/// # Errors
-/// When it is not there, with the command that builds it.
-pub fn sibling_service_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locate the running executable")?;
-    let dir = exe
-        .parent()
-        .context("the running executable has no directory")?;
-    let binary = dir.join(format!("party-service{}", std::env::consts::EXE_SUFFIX));
-    if !binary.is_file() {
-        bail!(
-            "{} not found; build it with `cargo build --release -p lockattr-examples --bins` \
-             (or run the demo with `cargo run --release -p lockattr-examples --bin party-demo`, \
-             which builds it)",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
-
 /// The `party-demo` binary, after argument parsing. Exit codes: 0 the locked run kept the
 /// party at (or under) its capacity; 1 it overbooked, or a locked join got no answer or an
-/// unexpected error, or the scenario failed; 2 no Redis, or the service binary is missing.
+/// unexpected error, or the scenario failed (also when the running executable, which the
+/// demo re-runs as `serve` for its service processes, cannot be located); 2 no Redis.
 pub async fn run_demo(options: DemoOptions) -> ExitCode {
     let redis_url = options.redis_url.clone();
     progress(format_args!("looking for Redis at {redis_url}"));
@@ -415,11 +394,11 @@ pub async fn run_demo(options: DemoOptions) -> ExitCode {
             server.port()
         ));
     }
-    let service_binary = match sibling_service_binary() {
-        Ok(path) => path,
+    let service = match ServiceCommand::current_exe_serve() {
+        Ok(service) => service,
         Err(e) => {
             eprintln!("party-demo: {e:#}");
-            return ExitCode::from(2);
+            return ExitCode::from(1);
         }
     };
     let work_dir = match TempDir::new("party-demo") {
@@ -434,7 +413,7 @@ pub async fn run_demo(options: DemoOptions) -> ExitCode {
         requests: options.requests,
         processes: options.processes,
         think: options.think,
-        service_binary,
+        service,
         redis_url: redis.url(),
         database_url: options.database_url.clone(),
         lock_namespace: unique_namespace(),

@@ -1,186 +1,175 @@
-//! Command-line options of `party-demo`.
+//! Command line of `party-demo`: the demo's options, and `serve`, which runs one service
+//! process (the demo starts its processes by re-running its own binary that way).
 
 use std::time::Duration;
 
+use clap::{Parser, Subcommand};
+
 use super::redis::DEFAULT_REDIS_URL;
+use crate::party::service_cli::ServiceOptions;
 
-/// The default pause between the capacity check and the insert, in milliseconds.
-pub const DEFAULT_THINK_MS: u64 = 0;
+/// `party-demo`'s command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "party-demo",
+    about = "The party scenario with and without #[distributed_lock]: starts service processes \
+        sharing one database, creates a party, fires concurrent join requests at all of them, \
+        once without the lock and once with it, and reports how many got in",
+    after_help = "Exit status: 0 the locked run stayed within capacity; 1 it overbooked or \
+        failed; 2 no Redis, or bad usage.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct DemoCli {
+    /// Something other than the demo itself.
+    #[command(subcommand)]
+    pub command: Option<DemoCommand>,
+    /// The demo's options.
+    #[command(flatten)]
+    pub options: DemoOptions,
+}
 
-/// `party-demo --help`.
-pub const USAGE: &str = "\
-party-demo: the party scenario with and without #[distributed_lock]
+/// `party-demo <COMMAND>`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DemoCommand {
+    /// Run one party service process (what the demo starts its processes with; the same as
+    /// the `party-service` binary)
+    Serve(ServiceOptions),
+}
 
-Starts service processes sharing one database, creates a party, fires concurrent join
-requests at all of them, once without the lock and once with it, and reports how many got in.
-
-USAGE:
-    cargo run --release -p lockattr-examples --bin party-demo -- [OPTIONS]
-
-OPTIONS:
-    --capacity <N>       party capacity [default: 8]
-    --requests <N>       join requests per run, spread over the processes [default: 200]
-    --processes <N>      service processes [default: 2]
-    --think-ms <MS>      simulated service work between the capacity check and the insert,
-                         to widen the race window [default: 0, none: the race fires anyway]
-    --redis-url <URL>    Redis for the locks [default: $REDIS_URL, else redis://127.0.0.1:6379];
-                         if it does not answer and redis-server is on PATH, a throwaway one is
-                         started
-    --database-url <URL> postgres://... to use PostgreSQL [default: $DATABASE_URL, else a
-                         temporary SQLite file]
-    -h, --help           this text
-
-EXIT STATUS:
-    0 the locked run stayed within capacity; 1 it overbooked or failed; 2 no Redis or bad usage
-";
-
-/// Parsed options.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The demo's options.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct DemoOptions {
-    /// Party capacity.
+    /// Party capacity
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = non_negative)]
     pub capacity: i64,
-    /// Join requests per run.
+    /// Join requests per run, spread over the processes
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = at_least_one)]
     pub requests: usize,
-    /// Service processes.
+    /// Service processes
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = at_least_one)]
     pub processes: usize,
-    /// Pause between check and insert.
+    /// Simulated service work between the capacity check and the insert, in milliseconds, to
+    /// widen the race window (0: none; the race fires anyway)
+    #[arg(long = "think-ms", value_name = "MS", default_value = "0", value_parser = millis)]
     pub think: Duration,
-    /// Redis URL.
+    /// Redis for the locks; if it does not answer and redis-server is on PATH, a throwaway
+    /// one is started
+    #[arg(long, value_name = "URL", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
-    /// `Some` to use PostgreSQL (or a given SQLite file).
+    /// postgres://... to use PostgreSQL [default: a temporary SQLite file]
+    #[arg(long, value_name = "URL", env = "DATABASE_URL")]
     pub database_url: Option<String>,
 }
 
-/// What the command line asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Run the demo.
-    Run(DemoOptions),
-    /// Print [`USAGE`].
-    Help,
-}
-
-impl DemoOptions {
-    /// Parses the arguments (without the program name). `env` looks up `REDIS_URL` and
-    /// `DATABASE_URL`, which the options override.
-    ///
-    /// # Errors
-    /// A message naming the bad argument.
-    pub fn parse(
-        args: impl IntoIterator<Item = String>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Command, String> {
-        let mut options = DemoOptions {
-            capacity: 8,
-            requests: 200,
-            processes: 2,
-            think: Duration::from_millis(DEFAULT_THINK_MS),
-            redis_url: env("REDIS_URL")
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
-            database_url: env("DATABASE_URL").filter(|s| !s.is_empty()),
-        };
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            if arg == "-h" || arg == "--help" {
-                return Ok(Command::Help);
-            }
-            let (name, inline) = match arg.split_once('=') {
-                Some((name, value)) if name.starts_with("--") => {
-                    (name.to_owned(), Some(value.to_owned()))
-                }
-                _ => (arg.clone(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("`{name}` needs a value"))
-            };
-            match name.as_str() {
-                "--capacity" => options.capacity = number(&name, &value()?, 0)?,
-                "--requests" => options.requests = number(&name, &value()?, 1)?,
-                "--processes" => options.processes = number(&name, &value()?, 1)?,
-                "--think-ms" => options.think = Duration::from_millis(number(&name, &value()?, 0)?),
-                "--redis-url" => options.redis_url = value()?,
-                "--database-url" => options.database_url = Some(value()?),
-                _ => {
-                    return Err(format!(
-                        "unknown argument `{arg}`; expected one of `--capacity`, `--requests`, \
-                         `--processes`, `--think-ms`, `--redis-url`, `--database-url`, `--help`"
-                    ))
-                }
-            }
+impl DemoCli {
+    /// Parses the process's arguments (exiting with status 2 on bad usage, 0 after `--help`).
+    /// An empty `REDIS_URL` or `DATABASE_URL` counts as unset.
+    pub fn from_env() -> DemoCli {
+        let mut cli = DemoCli::parse();
+        let o = &mut cli.options;
+        if o.redis_url.is_empty() {
+            DEFAULT_REDIS_URL.clone_into(&mut o.redis_url);
         }
-        Ok(Command::Run(options))
+        o.database_url = o.database_url.take().filter(|url| !url.is_empty());
+        cli
     }
 }
 
-fn number<T>(name: &str, value: &str, min: T) -> Result<T, String>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    match value.parse::<T>() {
-        Ok(n) if n >= min => Ok(n),
-        _ => Err(format!(
-            "`{name}` takes a whole number of at least {min}, not `{value}`"
-        )),
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("takes a whole number of at least 1, not `{value}`")),
     }
+}
+
+fn non_negative(value: &str) -> Result<i64, String> {
+    match value.parse() {
+        Ok(n) if n >= 0 => Ok(n),
+        _ => Err(format!("takes a whole number of at least 0, not `{value}`")),
+    }
+}
+
+/// Milliseconds as a [`Duration`].
+///
+/// # Errors
+/// When `value` is not a whole number of milliseconds.
+pub fn millis(value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("takes whole milliseconds, not `{value}`"))
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Command, String> {
-        DemoOptions::parse(args.iter().map(|s| (*s).to_owned()), |_| None)
+    fn parse(args: &[&str]) -> Result<DemoCli, clap::Error> {
+        DemoCli::try_parse_from(std::iter::once("party-demo").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        DemoCli::command().debug_assert();
     }
 
     #[test]
     fn defaults_are_the_seed_scenario() {
-        let Ok(Command::Run(o)) = parse(&[]) else {
-            panic!("no options parse")
-        };
+        let o = parse(&[]).expect("no options parse").options;
         assert_eq!((o.capacity, o.requests, o.processes), (8, 200, 2));
-        assert_eq!(o.redis_url, "redis://127.0.0.1:6379");
-        assert_eq!(o.database_url, None);
+        assert_eq!(o.think, Duration::ZERO);
+        if std::env::var_os("REDIS_URL").is_none() {
+            assert_eq!(o.redis_url, "redis://127.0.0.1:6379");
+        }
     }
 
     #[test]
-    fn options_and_env() {
-        let got = DemoOptions::parse(
-            [
-                "--capacity",
-                "5",
-                "--requests=60",
-                "--processes",
-                "3",
-                "--think-ms",
-                "0",
-            ]
-            .map(String::from),
-            |name| (name == "REDIS_URL").then(|| "redis://10.0.0.1:7000".to_owned()),
-        );
-        let Ok(Command::Run(o)) = got else {
-            panic!("{got:?}")
-        };
+    fn options_override_the_defaults() {
+        let cli = parse(&[
+            "--capacity",
+            "5",
+            "--requests=60",
+            "--processes",
+            "3",
+            "--think-ms",
+            "4",
+            "--redis-url",
+            "redis://10.0.0.1:7000",
+        ])
+        .expect("parses");
+        let o = cli.options;
         assert_eq!((o.capacity, o.requests, o.processes), (5, 60, 3));
-        assert_eq!(o.think, Duration::ZERO);
+        assert_eq!(o.think, Duration::from_millis(4));
         assert_eq!(o.redis_url, "redis://10.0.0.1:7000");
-        assert_eq!(parse(&["--requests", "1", "-h"]), Ok(Command::Help));
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn serve_is_the_service_command_line() {
+        let cli = parse(&["serve", "--bind", "127.0.0.1:0", "--think-ms", "2"]).expect("parses");
+        let Some(DemoCommand::Serve(s)) = cli.command else {
+            panic!("not `serve`: {cli:?}")
+        };
+        assert_eq!(s.bind.port(), 0);
+        assert_eq!(s.think, Duration::from_millis(2));
+        // The demo's options do not mix with a subcommand.
+        assert!(parse(&["--capacity", "3", "serve"]).is_err());
     }
 
     #[test]
     fn bad_arguments_are_named() {
-        let err = parse(&["--processes", "0"]).unwrap_err();
+        let err = parse(&["--processes", "0"]).unwrap_err().to_string();
         assert!(
-            err.contains("`--processes`") && err.contains("at least 1"),
+            err.contains("--processes") && err.contains("at least 1"),
             "{err}"
         );
-        let err = parse(&["--capacity"]).unwrap_err();
-        assert!(err.contains("needs a value"), "{err}");
-        let err = parse(&["--timeout", "3"]).unwrap_err();
-        assert!(err.contains("unknown argument `--timeout`"), "{err}");
-        assert!(parse(&["--requests", "lots"]).is_err());
+        let err = parse(&["--capacity"]).unwrap_err().to_string();
+        assert!(err.contains("--capacity"), "{err}");
+        let err = parse(&["--timeout", "3"]).unwrap_err().to_string();
+        assert!(err.contains("--timeout"), "{err}");
+        let err = parse(&["--think-ms", "lots"]).unwrap_err().to_string();
+        assert!(err.contains("lots"), "{err}");
     }
 }

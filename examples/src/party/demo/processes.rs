@@ -1,5 +1,6 @@
 //! Service processes started by the driver, killed when their handle is dropped.
 
+use std::ffi::OsString;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,47 @@ use crate::party::http::LISTENING_PREFIX;
 
 /// How long a service may take to connect to its database and Redis and start listening.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The program (and its leading arguments) that runs one service process; the driver appends
+/// the service options.
+#[derive(Debug, Clone)]
+pub struct ServiceCommand {
+    program: PathBuf,
+    leading_args: Vec<OsString>,
+}
+
+impl ServiceCommand {
+    /// `program` with no leading arguments, e.g. the `party-service` binary.
+    pub fn new(program: impl Into<PathBuf>) -> ServiceCommand {
+        ServiceCommand {
+            program: program.into(),
+            leading_args: Vec::new(),
+        }
+    }
+
+    /// Appends a leading argument (such as a subcommand).
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<OsString>) -> ServiceCommand {
+        self.leading_args.push(arg.into());
+        self
+    }
+
+    /// The running executable with `serve`: how `party-demo` starts its services, so that the
+    /// one binary `cargo run --bin party-demo` builds is all the demo needs.
+    ///
+    /// # Errors
+    /// When the running executable cannot be located.
+    pub fn current_exe_serve() -> anyhow::Result<ServiceCommand> {
+        let exe = std::env::current_exe()
+            .context("locate the running executable (the demo re-runs it as `serve`)")?;
+        Ok(ServiceCommand::new(exe).arg("serve"))
+    }
+
+    /// The program.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+}
 
 /// What every service process of a run shares.
 #[derive(Debug, Clone)]
@@ -26,7 +68,7 @@ pub struct ServiceArgs {
     pub think: Duration,
 }
 
-/// A running `party-service` child process.
+/// A running service child process.
 ///
 /// Dropping the handle kills the process and waits for it, so every exit path of the driver
 /// (return, `?`, panic, Ctrl-C cancelling the driver's future) stops it. The child also exits
@@ -43,21 +85,22 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts `binary` on a free loopback port, logging to `log`, and waits until it listens.
+    /// Starts `command` on a free loopback port, logging to `log`, and waits until it listens.
     ///
     /// # Errors
     /// When the process cannot be started, exits, or does not listen within 30 s; the error
     /// includes the end of its log.
     pub async fn start(
-        binary: &Path,
+        service: &ServiceCommand,
         index: usize,
         args: &ServiceArgs,
         log: PathBuf,
     ) -> anyhow::Result<ServiceProcess> {
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("create the service log {}", log.display()))?;
-        let mut command = Command::new(binary);
+        let mut command = Command::new(&service.program);
         command
+            .args(&service.leading_args)
             .args(["--bind", "127.0.0.1:0", "--exit-on-stdin-eof"])
             .arg("--database-url")
             .arg(&args.database_url)
@@ -82,7 +125,7 @@ impl ServiceProcess {
         }
         let mut child = command
             .spawn()
-            .with_context(|| format!("start {}", binary.display()))?;
+            .with_context(|| format!("start {}", service.program.display()))?;
         let stdin = child.stdin.take();
         let stdout = child
             .stdout
