@@ -12,6 +12,8 @@ pub(crate) struct Config {
     pub(crate) default_lease: Duration,
     pub(crate) op_timeout: Duration,
     pub(crate) handoff_limit: u32,
+    /// `wait_for_replicas`: how many replicas must acknowledge, and how long Redis waits.
+    pub(crate) replicas: Option<(usize, Duration)>,
 }
 
 impl Default for Config {
@@ -22,6 +24,7 @@ impl Default for Config {
             default_lease: Duration::from_secs(30),
             op_timeout: Duration::from_secs(2),
             handoff_limit: 16,
+            replicas: None,
         }
     }
 }
@@ -33,6 +36,20 @@ impl Config {
         check_lease(self.default_lease, || "the default lease".to_owned())?;
         if self.op_timeout.is_zero() {
             return Err(Error::config("the operation timeout must not be zero"));
+        }
+        if let Some((n, timeout)) = self.replicas {
+            if n == 0 {
+                return Err(Error::config(
+                    "wait_for_replicas needs at least one replica (leave it unset to not wait)",
+                ));
+            }
+            if timeout < Duration::from_millis(1) || timeout >= self.op_timeout {
+                return Err(Error::config(format!(
+                    "the wait_for_replicas timeout is {timeout:?}; it must be at least 1 ms and \
+                     shorter than the operation timeout ({:?})",
+                    self.op_timeout
+                )));
+            }
         }
         Ok(())
     }

@@ -75,6 +75,23 @@ pub enum Error {
         /// The operation timeout that ran out.
         after: Duration,
     },
+    /// With [`LockerBuilder::wait_for_replicas`](crate::LockerBuilder::wait_for_replicas): Redis
+    /// took or renewed the lock, but fewer replicas than required acknowledged the write within
+    /// the timeout. An acquisition was undone (the lock released again, nothing is held); a
+    /// renewal counts as not done (the lease clock did not move).
+    NotReplicated {
+        /// The key as the caller wrote it.
+        key: String,
+        /// Replicas required (`wait_for_replicas`'s `n`).
+        required: usize,
+        /// Replicas that acknowledged within the timeout (`WAIT`'s answer).
+        acknowledged: usize,
+        /// How long Redis waited for them.
+        timeout: Duration,
+        /// The master's replicas as `INFO replication` listed them (address, state, offset,
+        /// lag), or why that could not be read.
+        replicas: String,
+    },
 }
 
 impl Error {
@@ -105,6 +122,26 @@ impl Error {
     /// reconnects on its own, so one retry is worthwhile); `false` for a refused connection.
     pub(crate) fn is_connection_dropped(&self) -> bool {
         matches!(self, Error::Redis(e) if e.is_connection_dropped() && !e.is_connection_refusal())
+    }
+
+    /// The same error about `key` (errors from the store name the lock by its Redis key).
+    pub(crate) fn for_key(self, key: &str) -> Self {
+        match self {
+            Error::NotReplicated {
+                required,
+                acknowledged,
+                timeout,
+                replicas,
+                ..
+            } => Error::NotReplicated {
+                key: key.to_owned(),
+                required,
+                acknowledged,
+                timeout,
+                replicas,
+            },
+            other => other,
+        }
     }
 
     /// `true` for [`Error::Timeout`]: the lock was busy for the whole wait.
@@ -146,6 +183,19 @@ impl fmt::Display for Error {
                 f,
                 "Redis error while locking: {e} (check that Redis is reachable; a lock whose \
                  release failed expires with its lease)"
+            ),
+            Error::NotReplicated {
+                key,
+                required,
+                acknowledged,
+                timeout,
+                replicas,
+            } => write!(
+                f,
+                "lock `{key}`: only {acknowledged} of the {required} required replicas \
+                 acknowledged the write within {timeout:?}, so it was not used (an acquisition \
+                 is released again); replicas: {replicas} (check replication health and lag, or \
+                 lower `wait_for_replicas`)"
             ),
             Error::OperationTimeout { operation, after } => write!(
                 f,
@@ -207,5 +257,19 @@ mod tests {
             after: Duration::from_secs(2),
         };
         assert!(t.to_string().contains("`acquire` within 2s"), "{t}");
+        let r = Error::NotReplicated {
+            key: "lock:{k}".into(),
+            required: 2,
+            acknowledged: 1,
+            timeout: Duration::from_millis(100),
+            replicas: "slave0:ip=127.0.0.1,port=7001,state=online".into(),
+        }
+        .for_key("k");
+        let text = r.to_string();
+        assert!(
+            text.starts_with("lock `k`: only 1 of the 2 required replicas"),
+            "{text}"
+        );
+        assert!(text.contains("port=7001"), "{text}");
     }
 }

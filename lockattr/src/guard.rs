@@ -10,6 +10,11 @@ use crate::release::release;
 use crate::upkeep::{Hold, Owned};
 use crate::Error;
 
+/// A type-erased future: the futures below reach deep into redis-rs, and every future that
+/// awaits these methods (the caller's, the attribute's) would otherwise carry their types,
+/// which costs compile time and, for deep callers, the compiler's recursion limit.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// A held lock. Obtained by awaiting [`Locker::lock`](crate::Locker::lock).
 ///
 /// **While it lives**, the lease is renewed every lease/3 (unless the request said
@@ -100,7 +105,10 @@ impl LockGuard {
     /// [`Error::OperationTimeout`] when Redis failed (the lease is then unchanged),
     /// [`Error::InvalidConfig`] for a lease under 1 ms or over 366 days.
     pub async fn extend(&self, lease: Duration) -> Result<(), Error> {
-        self.hold().extend(lease).await
+        // Boxed here and in `release`: the futures below reach deep into redis-rs, and every
+        // future that awaits these (the caller's) would otherwise carry their layout.
+        let extend: BoxFuture<'_, Result<(), Error>> = Box::pin(self.hold().extend(lease));
+        extend.await
     }
 
     /// Releases the lock and reports what happened.
@@ -118,7 +126,11 @@ impl LockGuard {
     /// expires with its lease).
     pub async fn release(mut self) -> Result<(), Error> {
         match self.owned.take() {
-            Some(owned) => release(owned.into_hold()).await,
+            Some(owned) => {
+                let release: BoxFuture<'static, Result<(), Error>> =
+                    Box::pin(release(owned.into_hold()));
+                release.await
+            }
             None => Ok(()),
         }
     }

@@ -191,6 +191,59 @@ impl Locker {
         LockerBuilder::new(Target::ClusterClient(Box::new(client)))
     }
 
+    /// Starts configuring a `Locker` for the Redis master that Sentinel names `master_name`,
+    /// from the URLs of some sentinels (`redis://127.0.0.1:26379`, `rediss://..`), followed
+    /// across failovers.
+    ///
+    /// The master is resolved through the sentinels (and checked with `ROLE`), and resolved
+    /// again when it refuses a write as a demoted replica (`READONLY`: the write is sent once
+    /// more to the new master), when its connection breaks, and at once when the sentinels
+    /// announce `+switch-master`; the pub/sub connection follows it. While no master is
+    /// reachable, calls keep looking for one until their operation timeout and then fail with
+    /// an error that says so.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lockattr::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let locker = lockattr::Locker::sentinel(
+    ///     "mymaster",
+    ///     ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    /// )
+    /// .wait_for_replicas(1, Duration::from_millis(200)) // optional, see its docs
+    /// .build()
+    /// .await?;
+    /// let guard = locker.lock("party:42").await?;
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// What holds across a failover, with and without `wait_for_replicas`, is in the crate
+    /// docs.
+    pub fn sentinel(
+        master_name: impl Into<String>,
+        sentinels: impl IntoIterator<Item = impl Into<String>>,
+    ) -> LockerBuilder {
+        LockerBuilder::new(Target::Sentinel {
+            master: master_name.into(),
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Like [`sentinel`](Self::sentinel), over a redis-rs `SentinelClient` you built (for
+    /// credentials or TLS settings of the sentinels and of the data nodes); `master_name` must
+    /// be the name it was built for.
+    pub fn sentinel_with_client(
+        master_name: impl Into<String>,
+        client: redis::sentinel::SentinelClient,
+    ) -> LockerBuilder {
+        LockerBuilder::new(Target::SentinelClient {
+            master: master_name.into(),
+            client: SentinelClientOnce(Arc::new(std::sync::Mutex::new(Some(client)))),
+        })
+    }
+
     /// A request for the lock named `key`; `.await` it to wait for the lock, or call
     /// [`LockRequest::run`] to run a future under it.
     ///
@@ -258,7 +311,7 @@ impl Locker {
     pub async fn inspect(&self, key: &str) -> Result<Option<LockInfo>, Error> {
         let names = self.names(key)?;
         let store = &self.core.store;
-        let Some((value, pttl)) = store.inspect(&names, store.deadline()).await? else {
+        let Some((value, pttl)) = Box::pin(store.inspect(&names, store.deadline())).await? else {
             return Ok(None);
         };
         let local_waiters = self.core.queues.waiting(names.lock()).unwrap_or(0);
@@ -287,7 +340,7 @@ impl Locker {
     pub async fn force_unlock(&self, key: &str) -> Result<bool, Error> {
         let names = self.names(key)?;
         let store = &self.core.store;
-        let deleted = store.force_unlock(&names, store.deadline()).await?;
+        let deleted = Box::pin(store.force_unlock(&names, store.deadline())).await?;
         if deleted == 1 {
             tracing::warn!(target: "lockattr", key, "lock deleted by force_unlock");
         }
@@ -302,7 +355,25 @@ enum Target {
     Client(Box<redis::Client>),
     Cluster(Vec<String>),
     ClusterClient(Box<redis::cluster::ClusterClient>),
+    Sentinel {
+        master: String,
+        sentinels: Vec<String>,
+    },
+    SentinelClient {
+        master: String,
+        client: SentinelClientOnce,
+    },
     Memory(MemoryStore),
+}
+
+/// A `SentinelClient` (neither `Clone` nor `Debug`) that one build takes.
+#[derive(Clone)]
+struct SentinelClientOnce(Arc<std::sync::Mutex<Option<redis::sentinel::SentinelClient>>>);
+
+impl fmt::Debug for SentinelClientOnce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SentinelClient")
+    }
 }
 
 /// Settings for a [`Locker`]; create it with [`Locker::builder`].
@@ -362,6 +433,26 @@ impl LockerBuilder {
         self
     }
 
+    /// Every acquisition (taking the lock, a handover) and every renewal returns only after
+    /// `replicas` replicas acknowledged the write (Redis's `WAIT replicas timeout`, pipelined
+    /// on the same connection). Otherwise an acquisition is undone (the lock is released) and
+    /// fails with [`Error::NotReplicated`], which names the replicas and how many acknowledged;
+    /// a renewal counts as not done. Direct grants between processes are off with it (a waiter
+    /// takes the lock with its own, acknowledged, acquisition). Off by default.
+    ///
+    /// It narrows, but does not close, the failover gap: a lock or renewal that at least
+    /// `replicas` replicas hold survives the master's loss if one of them is promoted (Sentinel
+    /// and Cluster promote the most up to date replica they can reach). `WAIT` is not consensus:
+    /// an acknowledged write can still be lost (a replica that acknowledged can fail too, or be
+    /// passed over), and a write can reach replicas even when the acknowledgement timed out.
+    /// The cost is the replication round trip on every acquisition and renewal (see
+    /// `BENCHMARKS.md`), and the timeout whenever replicas are slow or gone. `timeout` must be
+    /// shorter than the operation timeout.
+    pub fn wait_for_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.config.replicas = Some((replicas, timeout));
+        self
+    }
+
     /// Has no effect: fencing tokens no longer use a per-key counter (they come from Redis's
     /// clock, see the crate docs), so there is no counter to expire.
     #[deprecated(note = "fencing tokens no longer use a per-key counter in Redis; remove the call")]
@@ -387,9 +478,9 @@ impl LockerBuilder {
         }
         let store = match self.target {
             Target::Url(url) => {
-                Store::standalone(redis::Client::open(url.as_str())?, config.op_timeout).await?
+                Store::standalone(redis::Client::open(url.as_str())?, &config).await?
             }
-            Target::Client(client) => Store::standalone(*client, config.op_timeout).await?,
+            Target::Client(client) => Store::standalone(*client, &config).await?,
             Target::Cluster(nodes) => {
                 if nodes.is_empty() {
                     return Err(Error::config(
@@ -399,10 +490,40 @@ impl LockerBuilder {
                 let client = redis::cluster::ClusterClientBuilder::new(nodes)
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .build()?;
-                Store::cluster(client, config.op_timeout).await?
+                Store::cluster(client, &config).await?
             }
-            Target::ClusterClient(client) => Store::cluster(*client, config.op_timeout).await?,
-            Target::Memory(store) => Store::memory(&store),
+            Target::ClusterClient(client) => Store::cluster(*client, &config).await?,
+            Target::Sentinel { master, sentinels } => {
+                if sentinels.is_empty() {
+                    return Err(Error::config(
+                        "no sentinels given; pass the URL of at least one sentinel",
+                    ));
+                }
+                let client = redis::sentinel::SentinelClient::build(
+                    sentinels,
+                    master.clone(),
+                    None,
+                    redis::sentinel::SentinelServerType::Master,
+                )?;
+                Store::sentinel(master, client, &config).await?
+            }
+            Target::SentinelClient { master, client } => {
+                let client = crate::sync::lock(&client.0).take().ok_or_else(|| {
+                    Error::config(
+                        "this SentinelClient was used by an earlier build; pass a new one for \
+                         each Locker",
+                    )
+                })?;
+                Store::sentinel(master, client, &config).await?
+            }
+            Target::Memory(store) => {
+                if config.replicas.is_some() {
+                    return Err(Error::config(
+                        "wait_for_replicas needs a Redis with replicas; an in-memory store has none",
+                    ));
+                }
+                Store::memory(&store)
+            }
         };
         Ok(Locker {
             core: Core::new(store, config),

@@ -91,8 +91,10 @@ pub(crate) fn grant_lease(lease: Duration, renew: bool) -> Duration {
 
 /// Whether a registration made at `registered_ms` for a grant of `grant_lease_ms` may still be
 /// granted at `now_ms` (Redis's clock).
+/// A registration with a zero grant lease is never granted (with `wait_for_replicas`, a
+/// waiter takes the lock itself, so that its own acquisition waits for the replicas).
 pub(crate) fn registration_live(now_ms: u64, registered_ms: u64, grant_lease_ms: u64) -> bool {
-    now_ms.saturating_sub(registered_ms) <= grant_lease_ms / 2
+    grant_lease_ms > 0 && now_ms.saturating_sub(registered_ms) <= grant_lease_ms / 2
 }
 
 /// The length of an owner token.

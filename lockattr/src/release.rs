@@ -109,6 +109,14 @@ pub(crate) async fn release(hold: Arc<Hold>) -> Result<(), Error> {
                 observe::lost(&current.key, "found expired or taken at release");
                 return Err(current.lost_error());
             }
+            Err(Error::NotReplicated { .. }) => {
+                // Switched on the master, but not acknowledged by enough replicas: undo it.
+                // `pending` releases the new token, then gives the waiter the slot (its own
+                // acquisition waits for the replicas and reports what it finds); the old
+                // holder's part is done.
+                pending.tokens = vec![token];
+                return Ok(());
+            }
             // The outcome is unknown: `pending` releases both tokens in the background, then
             // gives the waiter the slot.
             Err(e) => return Err(e),

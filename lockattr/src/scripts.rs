@@ -85,7 +85,7 @@ if not mark then
   return 1
 end
 local channel = KEYS[1] .. ':released'
-if waiter then
+if waiter and lease > 0 then
   local now = time_us()
   if math.floor(now / 1000) - since <= lease / 2 then
     local f = fence_after(now, tonumber(fence))

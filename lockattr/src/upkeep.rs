@@ -327,7 +327,7 @@ impl Hold {
                 self.lost_now(&mut st, Loss::NotOurs);
                 Err(self.lost_error())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.for_key(&self.key)),
         }
     }
 

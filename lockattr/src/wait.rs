@@ -163,7 +163,7 @@ impl Request {
                 return Err(self.timeout());
             }
             Decision::Sleep { .. } => unreachable!("a plain attempt goes on to the script"),
-            Decision::Fail(e) => return Err(e),
+            Decision::Fail(e) => return Err(e.for_key(&self.key)),
         };
         Box::pin(self.wait(slot, next, retried, until)).await
     }
@@ -185,7 +185,13 @@ impl Request {
             // their way, and this subscription takes a round trip before our first attempt.
             slot.sub = Some(store.subscribe(self.names.channel()).await?);
         }
-        let grant = grant_lease(self.lease, self.renew);
+        // With `wait_for_replicas`, nobody grants: the waiter's own acquisition waits for the
+        // replicas (a zero grant lease is never granted, see `protocol`).
+        let grant = if self.core.config.replicas.is_some() {
+            Duration::ZERO
+        } else {
+            grant_lease(self.lease, self.renew)
+        };
         let mut registration: Option<Registration> = None;
         loop {
             match step {
@@ -275,7 +281,7 @@ impl Request {
                             }
                             return Err(self.timeout());
                         }
-                        Decision::Fail(e) => return Err(e),
+                        Decision::Fail(e) => return Err(e.for_key(&self.key)),
                     }
                 }
                 Step::Subscribe => {

@@ -12,6 +12,7 @@
 //! as a disguised I/O error.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -19,8 +20,12 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use tokio::time::Instant;
 
+use super::sentinel::SentinelConn;
 use crate::scripts::{Call, Scripts};
 use crate::Error;
+
+/// A type-erased future (see `Conn::query`'s Sentinel path).
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The connection commands go through.
 #[derive(Clone)]
@@ -33,6 +38,7 @@ pub(crate) struct Conn {
 enum Inner {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelConn>),
 }
 
 impl std::fmt::Debug for Conn {
@@ -92,6 +98,14 @@ impl Conn {
         })
     }
 
+    /// The master a Sentinel deployment names, followed across failovers.
+    pub(crate) fn sentinel(conn: Arc<SentinelConn>, op_timeout: Duration) -> Conn {
+        Conn {
+            inner: Inner::Sentinel(conn),
+            op_timeout,
+        }
+    }
+
     /// A deadline one operation timeout from now.
     pub(crate) fn deadline(&self) -> Instant {
         Instant::now() + self.op_timeout
@@ -113,6 +127,15 @@ impl Conn {
                 let mut conn = c.clone();
                 bounded(what, until, self.op_timeout, cmd.query_async(&mut conn)).await
             }
+            // Boxed: the failover-following path nests deeper, and every future that awaits a
+            // lock call (the user's too) would otherwise carry its layout.
+            Inner::Sentinel(s) => {
+                let run: BoxFuture<'_, Result<T, Error>> =
+                    Box::pin(s.run(what, until, |mut conn| async move {
+                        cmd.query_async(&mut conn).await
+                    }));
+                run.await
+            }
         }
     }
 
@@ -131,6 +154,13 @@ impl Conn {
             Inner::Cluster(c) => {
                 let mut conn = c.clone();
                 bounded(what, until, self.op_timeout, pipe.query_async(&mut conn)).await
+            }
+            Inner::Sentinel(s) => {
+                let run: BoxFuture<'_, Result<T, Error>> =
+                    Box::pin(s.run(what, until, |mut conn| async move {
+                        pipe.query_async(&mut conn).await
+                    }));
+                run.await
             }
         }
     }

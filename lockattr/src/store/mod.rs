@@ -11,6 +11,7 @@ mod conn;
 mod memory;
 mod pubsub;
 mod redis;
+mod sentinel;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub(crate) use self::channels::Subscription;
 pub use self::memory::MemoryStore;
 use self::memory::MemoryView;
 use self::redis::RedisStore;
+use crate::config::Config;
 use crate::key::RedisNames;
 use crate::protocol::{AttemptReply, ReleaseReply};
 use crate::Error;
@@ -45,28 +47,48 @@ pub(crate) enum Store {
     Memory(Arc<MemoryView>),
 }
 
+/// A store being connected to, type-erased: connecting reaches deep into redis-rs, and the
+/// futures of callers (`Locker::connect`'s, the caller's own) would otherwise carry all of it,
+/// which costs compile time and, for deep callers, the compiler's recursion limit.
+pub(crate) type Connecting<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Store, Error>> + Send + 'a>>;
+
 /// How long an in-memory operation may take: it never waits, so any deadline will do.
 const MEMORY_DEADLINE: Duration = Duration::from_secs(3600);
 
 impl Store {
     /// One Redis server.
-    pub(crate) async fn standalone(
-        client: ::redis::Client,
-        op_timeout: Duration,
-    ) -> Result<Store, Error> {
-        Ok(Store::Redis(Arc::new(
-            RedisStore::standalone(client, op_timeout).await?,
-        )))
+    pub(crate) fn standalone(client: ::redis::Client, config: &Config) -> Connecting<'_> {
+        Box::pin(async move {
+            Ok(Store::Redis(Arc::new(
+                RedisStore::standalone(client, config).await?,
+            )))
+        })
     }
 
     /// A Redis Cluster.
-    pub(crate) async fn cluster(
+    pub(crate) fn cluster(
         client: ::redis::cluster::ClusterClient,
-        op_timeout: Duration,
-    ) -> Result<Store, Error> {
-        Ok(Store::Redis(Arc::new(
-            RedisStore::cluster(client, op_timeout).await?,
-        )))
+        config: &Config,
+    ) -> Connecting<'_> {
+        Box::pin(async move {
+            Ok(Store::Redis(Arc::new(
+                RedisStore::cluster(client, config).await?,
+            )))
+        })
+    }
+
+    /// The master that Sentinel names `master`, followed across failovers.
+    pub(crate) fn sentinel(
+        master: String,
+        client: ::redis::sentinel::SentinelClient,
+        config: &Config,
+    ) -> Connecting<'_> {
+        Box::pin(async move {
+            Ok(Store::Redis(Arc::new(
+                RedisStore::sentinel(master, client, config).await?,
+            )))
+        })
     }
 
     /// One `Locker`'s view of an in-memory store.

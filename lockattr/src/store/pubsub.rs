@@ -26,8 +26,10 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::channels::{Channels, Subscription, SubscriptionCmd};
+use super::sentinel::SentinelConn;
 use crate::protocol::Announcement;
 use crate::Error;
 
@@ -59,6 +61,11 @@ impl Hub {
     /// the hub is dropped).
     pub(crate) fn standalone(client: &redis::Client, op_timeout: Duration) -> Hub {
         Hub::start(Target::Standalone(Box::new(resp3(client))), op_timeout)
+    }
+
+    /// Starts the hub of a Sentinel-managed master: it follows the master `conn` uses.
+    pub(crate) fn sentinel(conn: Arc<SentinelConn>, op_timeout: Duration) -> Hub {
+        Hub::start(Target::Sentinel(conn), op_timeout)
     }
 
     /// Starts the hub of a Redis Cluster; `sharded` for Redis 7 or newer (sharded channels).
@@ -122,6 +129,19 @@ impl Hub {
     }
 }
 
+/// Resolves when the Sentinel master in use changed (never for other deployments).
+async fn switched(epoch: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match epoch {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                *epoch = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The same server and settings as `client`, speaking RESP3 (pushes on a normal connection).
 fn resp3(client: &redis::Client) -> redis::Client {
     let info = client.get_connection_info().clone();
@@ -141,6 +161,8 @@ enum Target {
         client: Box<ClusterClient>,
         sharded: bool,
     },
+    /// Whatever master the Sentinel connection uses now.
+    Sentinel(Arc<SentinelConn>),
 }
 
 /// The hub's open connection.
@@ -179,7 +201,20 @@ struct HubTask {
 
 impl HubTask {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        while let Some(cmd) = rx.recv().await {
+        // A Sentinel master that is dropped (demoted, dead, switched) is followed like a
+        // disconnect.
+        let mut epoch = match &self.target {
+            Target::Sentinel(s) => Some(s.epoch()),
+            _ => None,
+        };
+        loop {
+            let cmd = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+                () = switched(&mut epoch) => Cmd::Disconnected(self.generation),
+            };
             match cmd {
                 Cmd::Subscribe(channel, reply) => {
                     let ok = self.subscribe(&channel).await;
@@ -217,6 +252,18 @@ impl HubTask {
                     }
                 }
             }
+        }
+    }
+
+    /// The client to open the next pub/sub connection with.
+    async fn standalone_client(&self) -> Option<redis::Client> {
+        match &self.target {
+            Target::Standalone(client) => Some((**client).clone()),
+            Target::Sentinel(s) => {
+                let current = s.current(Instant::now() + self.op_timeout).await.ok()?;
+                Some(resp3(&current.client))
+            }
+            Target::Cluster { .. } => None,
         }
     }
 
@@ -277,7 +324,11 @@ impl HubTask {
             Ok(())
         };
         let opened = match &self.target {
-            Target::Standalone(client) => {
+            Target::Standalone(_) | Target::Sentinel(_) => {
+                let Some(client) = self.standalone_client().await else {
+                    self.schedule_reconnect(Duration::from_millis(500));
+                    return Ok(false);
+                };
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.op_timeout))
                     .set_response_timeout(Some(self.op_timeout))

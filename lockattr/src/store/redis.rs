@@ -1,6 +1,18 @@
 //! The lock protocol on Redis: each operation is one command, pipeline or script call through
 //! the bounded connection layer (`conn`), with announcements through the pub/sub hub.
+//!
+//! **Replica acknowledgement.** With `wait_for_replicas(n, timeout)`, every write by which a
+//! lock changes hands or keeps its lease (the fast path's `SET`, the acquire script, a handover,
+//! a renewal) is pipelined with `WAIT n timeout` on the same connection: Redis answers the two
+//! together, so a reconnect in between cannot pass for an acknowledgement (the pipeline fails
+//! as a whole). A write that fewer than `n` replicas acknowledged is reported as
+//! [`Error::NotReplicated`]: the caller undoes an acquisition (the token is withdrawn like any
+//! attempt whose outcome it cannot use) and does not move the lease clock for a renewal. Direct
+//! grants are off then (a release cannot wait for the replicas on the waiter's behalf), so a
+//! waiter takes the lock with an acquisition of its own. `WAIT` is not consensus: a replica
+//! that acknowledged can still lose the write, and a failover can promote one that did not.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
@@ -9,10 +21,12 @@ use tokio::time::Instant;
 use super::channels::Subscription;
 use super::conn::Conn;
 use super::pubsub::Hub;
+use super::sentinel::SentinelConn;
 use super::AttemptKind;
+use crate::config::{millis, Config};
 use crate::key::RedisNames;
 use crate::protocol::{AttemptReply, ReleaseReply};
-use crate::scripts::{self, Scripts};
+use crate::scripts::{self, Call, Scripts};
 use crate::Error;
 
 /// A Redis deployment, as the lock state machine sees it.
@@ -21,28 +35,27 @@ pub(crate) struct RedisStore {
     conn: Conn,
     scripts: &'static Scripts,
     hub: Hub,
+    /// `wait_for_replicas`: how many replicas, and how long Redis waits for them.
+    replicas: Option<(usize, Duration)>,
 }
 
 impl RedisStore {
     /// Connects to one Redis server and loads the scripts.
-    pub(crate) async fn standalone(
-        client: redis::Client,
-        op_timeout: Duration,
-    ) -> Result<Self, Error> {
-        let conn = Conn::standalone(client.clone(), op_timeout).await?;
+    pub(crate) async fn standalone(client: redis::Client, config: &Config) -> Result<Self, Error> {
+        let conn = Conn::standalone(client.clone(), config.op_timeout).await?;
         let scripts = Scripts::publishing();
         conn.load(scripts).await;
-        let hub = Hub::standalone(&client, op_timeout);
-        Ok(RedisStore { conn, scripts, hub })
+        let hub = Hub::standalone(&client, config.op_timeout);
+        Ok(RedisStore::new(conn, scripts, hub, config))
     }
 
     /// Connects to a Redis Cluster and loads the scripts on every node. Releases are announced
     /// on sharded channels when the cluster runs Redis 7 or newer (or does not say).
     pub(crate) async fn cluster(
         client: redis::cluster::ClusterClient,
-        op_timeout: Duration,
+        config: &Config,
     ) -> Result<Self, Error> {
-        let conn = Conn::cluster(&client, op_timeout).await?;
+        let conn = Conn::cluster(&client, config.op_timeout).await?;
         let sharded = conn.server_version().await.is_none_or(|v| v >= (7, 0));
         let scripts = if sharded {
             Scripts::sharded()
@@ -50,12 +63,106 @@ impl RedisStore {
             Scripts::publishing()
         };
         conn.load(scripts).await;
-        let hub = Hub::cluster(client, sharded, op_timeout);
-        Ok(RedisStore { conn, scripts, hub })
+        let hub = Hub::cluster(client, sharded, config.op_timeout);
+        Ok(RedisStore::new(conn, scripts, hub, config))
+    }
+
+    /// Connects to the master that the sentinels name `master`, followed across failovers.
+    pub(crate) async fn sentinel(
+        master: String,
+        client: redis::sentinel::SentinelClient,
+        config: &Config,
+    ) -> Result<Self, Error> {
+        let sentinel: Arc<SentinelConn> =
+            SentinelConn::connect(master, client, config.op_timeout).await?;
+        let conn = Conn::sentinel(sentinel.clone(), config.op_timeout);
+        let scripts = Scripts::publishing();
+        conn.load(scripts).await;
+        let hub = Hub::sentinel(sentinel, config.op_timeout);
+        Ok(RedisStore::new(conn, scripts, hub, config))
+    }
+
+    fn new(conn: Conn, scripts: &'static Scripts, hub: Hub, config: &Config) -> Self {
+        RedisStore {
+            conn,
+            scripts,
+            hub,
+            replicas: config.replicas,
+        }
     }
 
     pub(crate) fn deadline(&self) -> Instant {
         self.conn.deadline()
+    }
+
+    /// `WAIT n timeout_ms` for `wait_for_replicas`.
+    fn wait_cmd(&self) -> Option<(redis::Cmd, usize, Duration)> {
+        let (n, timeout) = self.replicas?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(n).arg(millis(timeout));
+        Some((wait, n, timeout))
+    }
+
+    /// `call`, then `WAIT` on the same connection; the script's reply and how many replicas
+    /// acknowledged. A script Redis does not know is loaded and the pair sent again.
+    async fn eval_and_wait(
+        &self,
+        what: &'static str,
+        call: &Call,
+        wait: redis::Cmd,
+        until: Instant,
+    ) -> Result<(Value, usize), Error> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(call.cmd.clone()).add_command(wait);
+        match self.conn.query_pipe(what, &pipe, until).await {
+            Err(Error::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(call.script.code());
+                self.conn.query::<String>(what, &load, until).await?;
+                self.conn.query_pipe(what, &pipe, until).await
+            }
+            other => other,
+        }
+    }
+
+    /// The error for a write that `acknowledged` of `required` replicas acknowledged.
+    async fn not_replicated(
+        &self,
+        names: &RedisNames,
+        required: usize,
+        acknowledged: usize,
+        timeout: Duration,
+    ) -> Error {
+        let mut info = redis::cmd("INFO");
+        info.arg("replication");
+        let replicas = match self
+            .conn
+            .query::<String>("info", &info, self.deadline())
+            .await
+        {
+            Ok(text) => {
+                let listed: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with("slave") && l.contains(':'))
+                    .map(str::trim)
+                    .collect();
+                if listed.is_empty() {
+                    "none connected".to_owned()
+                } else {
+                    listed.join("; ")
+                }
+            }
+            Err(e) => format!("unknown ({e})"),
+        };
+        Error::NotReplicated {
+            key: names.lock().to_owned(),
+            required,
+            acknowledged,
+            timeout,
+            replicas,
+        }
     }
 
     pub(crate) async fn attempt(
@@ -66,12 +173,22 @@ impl RedisStore {
         kind: AttemptKind<'_>,
         until: Instant,
     ) -> Result<AttemptReply, Error> {
-        match kind {
+        let (reply, acked) = match kind {
             AttemptKind::Plain => {
-                let pipe = scripts::try_plain(names, token, lease);
-                let (taken, time): (Value, (u64, u64)) =
-                    self.conn.query_pipe("acquire", &pipe, until).await?;
-                Ok(scripts::decode_plain(&taken, time))
+                let mut pipe = scripts::try_plain(names, token, lease);
+                match self.wait_cmd() {
+                    None => {
+                        let (taken, time): (Value, (u64, u64)) =
+                            self.conn.query_pipe("acquire", &pipe, until).await?;
+                        return Ok(scripts::decode_plain(&taken, time));
+                    }
+                    Some((wait, ..)) => {
+                        pipe.add_command(wait);
+                        let (taken, time, acked): (Value, (u64, u64), usize) =
+                            self.conn.query_pipe("acquire", &pipe, until).await?;
+                        (scripts::decode_plain(&taken, time), acked)
+                    }
+                }
             }
             AttemptKind::Scripted {
                 registered,
@@ -80,10 +197,43 @@ impl RedisStore {
                 let call = self
                     .scripts
                     .acquire(names, token, lease, registered, grant_lease);
-                let reply: Value = self.conn.eval("acquire", &call, until).await?;
-                scripts::decode_acquire(&reply).map_err(Error::Redis)
+                match self.wait_cmd() {
+                    None => {
+                        let reply: Value = self.conn.eval("acquire", &call, until).await?;
+                        return scripts::decode_acquire(&reply).map_err(Error::Redis);
+                    }
+                    Some((wait, ..)) => {
+                        let (reply, acked) =
+                            self.eval_and_wait("acquire", &call, wait, until).await?;
+                        (
+                            scripts::decode_acquire(&reply).map_err(Error::Redis)?,
+                            acked,
+                        )
+                    }
+                }
+            }
+        };
+        if let (AttemptReply::Taken { .. } | AttemptReply::Granted { .. }, Some((n, timeout))) =
+            (reply, self.replicas)
+        {
+            if acked < n {
+                // Undo it before answering, so the caller's error means the lock is free
+                // (a compare-and-delete of the token that holds it, on the master).
+                let holder = match (reply, kind) {
+                    (
+                        AttemptReply::Granted { .. },
+                        AttemptKind::Scripted {
+                            registered: Some(r),
+                            ..
+                        },
+                    ) => r,
+                    _ => token,
+                };
+                let _ = self.withdraw(names, holder, self.deadline()).await;
+                return Err(self.not_replicated(names, n, acked, timeout).await);
             }
         }
+        Ok(reply)
     }
 
     pub(crate) async fn release(
@@ -106,8 +256,16 @@ impl RedisStore {
         until: Instant,
     ) -> Result<bool, Error> {
         let call = self.scripts.renew(names, token, fence, lease);
-        let reply: i64 = self.conn.eval("renew", &call, until).await?;
-        Ok(reply == 1)
+        let Some((wait, n, timeout)) = self.wait_cmd() else {
+            let reply: i64 = self.conn.eval("renew", &call, until).await?;
+            return Ok(reply == 1);
+        };
+        let (reply, acked) = self.eval_and_wait("renew", &call, wait, until).await?;
+        let renewed = matches!(reply, Value::Int(1));
+        if renewed && acked < n {
+            return Err(self.not_replicated(names, n, acked, timeout).await);
+        }
+        Ok(renewed)
     }
 
     pub(crate) async fn handoff(
@@ -122,7 +280,18 @@ impl RedisStore {
         let call = self
             .scripts
             .handoff(names, old_token, old_fence, new_token, lease);
-        let fence: u64 = self.conn.eval("handoff", &call, until).await?;
+        let Some((wait, n, timeout)) = self.wait_cmd() else {
+            let fence: u64 = self.conn.eval("handoff", &call, until).await?;
+            return Ok((fence > 0).then_some(fence));
+        };
+        let (reply, acked) = self.eval_and_wait("handoff", &call, wait, until).await?;
+        let fence = match reply {
+            Value::Int(f) => u64::try_from(f).unwrap_or(0),
+            _ => 0,
+        };
+        if fence > 0 && acked < n {
+            return Err(self.not_replicated(names, n, acked, timeout).await);
+        }
         Ok((fence > 0).then_some(fence))
     }
 

@@ -3,6 +3,7 @@
 
 mod acl;
 mod cluster;
+mod sentinel;
 mod tls;
 
 use std::time::Duration;
