@@ -8,7 +8,10 @@
 //!
 //! * leases expire by **tokio's clock** (`tokio::time::Instant`), so `tokio::time::pause()` and
 //!   `#[tokio::test(start_paused = true)]` control them;
-//! * fencing tokens come from one counter per store (strictly increasing, starting at 1);
+//! * fencing tokens are the store's clock in microseconds, as Redis's are its `TIME`: the wall
+//!   clock when the store was made, moved on by tokio's clock (so paused time moves it too),
+//!   and raised above the last token issued, so they strictly increase and
+//!   [`LockInfo::held_since`](crate::LockInfo::held_since) says when a holder took the lock;
 //! * announcements are delivered directly to every `Locker` on the store that listens;
 //! * nothing is shared with other processes, and nothing fails: there is no connection.
 //!
@@ -17,7 +20,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
@@ -67,8 +70,12 @@ struct State {
     fence: u64,
     /// Every `Locker`'s announcement listeners.
     listeners: Vec<Weak<Channels>>,
-    /// The store's clock origin, for registration times (Redis uses its clock in ms).
+    /// The store's clock origin, for registration times (Redis uses its clock in ms) and
+    /// fencing tokens.
     epoch: Instant,
+    /// The wall clock at `epoch` in microseconds since 1970: the store's clock reads this plus
+    /// tokio's time since `epoch`.
+    epoch_us: u64,
     /// `locks.len()` after the last sweep of expired entries.
     swept_at: usize,
 }
@@ -80,6 +87,9 @@ impl Default for State {
             fence: 0,
             listeners: Vec::new(),
             epoch: Instant::now(),
+            epoch_us: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             swept_at: 0,
         }
     }
@@ -143,8 +153,12 @@ impl State {
         u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn next_fence(&mut self) -> u64 {
-        self.fence += 1;
+    /// The store's clock in microseconds, raised above the last token (`fence_after` in the
+    /// scripts).
+    fn next_fence(&mut self, now: Instant) -> u64 {
+        let since = u64::try_from(now.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
+        let clock = self.epoch_us.saturating_add(since);
+        self.fence = clock.max(self.fence + 1);
         self.fence
     }
 
@@ -213,7 +227,7 @@ impl MemoryView {
         let mut st = self.state();
         let name = names.lock();
         if st.live(name, now).is_none() {
-            let fence = st.next_fence();
+            let fence = st.next_fence(now);
             let value = LockValue {
                 owner: token,
                 fence: Some(fence),
@@ -304,7 +318,7 @@ impl MemoryView {
                     registered_ms,
                 } if registration_live(now_ms, registered_ms, grant_lease_ms) => {
                     let waiter = waiter.to_owned();
-                    let fence = st.next_fence();
+                    let fence = st.next_fence(now);
                     let granted = LockValue {
                         owner: &waiter,
                         fence: Some(fence),
@@ -357,7 +371,7 @@ impl MemoryView {
         let name = names.lock();
         let value = st.live(name, now)?.value.clone();
         let old = LockValue::parse(&value).filter(|v| v.owner == old_token)?;
-        let fence = st.next_fence();
+        let fence = st.next_fence(now);
         let next = LockValue {
             owner: new_token,
             fence: Some(fence),
@@ -456,20 +470,48 @@ mod tests {
         let store = MemoryStore::new().view();
         let n = names("k");
         let lease = Duration::from_millis(100);
-        assert!(matches!(
-            store.attempt(&n, A, lease, AttemptKind::Plain),
-            AttemptReply::Taken { fence: 1 }
-        ));
+        let AttemptReply::Taken { fence: first } = store.attempt(&n, A, lease, AttemptKind::Plain)
+        else {
+            panic!("a free lock is taken")
+        };
         assert!(matches!(
             store.attempt(&n, B, lease, AttemptKind::Plain),
             AttemptReply::Busy { .. }
         ));
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(!store.renew(&n, A, lease), "expired");
-        assert!(matches!(
-            store.attempt(&n, B, lease, AttemptKind::Plain),
-            AttemptReply::Taken { fence: 2 }
-        ));
+        let AttemptReply::Taken { fence: second } = store.attempt(&n, B, lease, AttemptKind::Plain)
+        else {
+            panic!("an expired lock is taken")
+        };
+        // The store's clock in microseconds: 100 ms later.
+        assert_eq!(second - first, 100_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fencing_tokens_are_the_clock_and_strictly_increase() {
+        let store = MemoryStore::new().view();
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        let lease = Duration::from_secs(1);
+        let mut last = 0;
+        // Within one microsecond of paused time, each token is still above the one before.
+        for i in 0..10 {
+            let n = names(&format!("c{i}"));
+            let AttemptReply::Taken { fence } = store.attempt(&n, A, lease, AttemptKind::Plain)
+            else {
+                panic!("a free lock is taken")
+            };
+            assert!(fence > last, "{fence} after {last}");
+            last = fence;
+        }
+        let held_since = u128::from(last);
+        assert!(
+            held_since.abs_diff(now_us) < 5_000_000,
+            "{held_since} vs {now_us}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

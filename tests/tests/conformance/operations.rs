@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use lockattr::Error;
 
@@ -29,6 +29,14 @@ pub async fn inspect_reports_the_holder_and_its_waiters(b: &impl Backend) {
         "{mine:?}"
     );
     assert_eq!(mine.local_waiters, 0);
+    // It took the lock just now, by the store's clock.
+    let since = mine.held_since.expect("known with the fencing token");
+    let now = SystemTime::now();
+    let skew = now.duration_since(since).unwrap_or_else(|e| e.duration());
+    assert!(
+        skew < Duration::from_secs(5),
+        "held since {since:?}, now {now:?}"
+    );
     let theirs = info(&other, "i")
         .await
         .expect("held, seen from another locker");
