@@ -99,6 +99,10 @@ impl Default for State {
 struct Entry {
     value: String,
     expires_at: Instant,
+    /// The fencing token of a lock taken by the fast path, whose value does not carry it (a
+    /// plain `SET` on Redis): the first renewal writes it into the value, as `RENEW_BODY`
+    /// writes the one its caller passes.
+    unrecorded_fence: Option<u64>,
 }
 
 impl MemoryStore {
@@ -171,11 +175,23 @@ impl State {
     }
 
     fn insert(&mut self, name: &str, value: String, lease: Duration, now: Instant) {
+        self.insert_entry(name, value, None, lease, now);
+    }
+
+    fn insert_entry(
+        &mut self,
+        name: &str,
+        value: String,
+        unrecorded_fence: Option<u64>,
+        lease: Duration,
+        now: Instant,
+    ) {
         self.locks.insert(
             name.to_owned(),
             Entry {
                 value,
                 expires_at: now + lease,
+                unrecorded_fence,
             },
         );
         // Expired entries nobody looks at again are swept when the map has doubled since the
@@ -228,12 +244,15 @@ impl MemoryView {
         let name = names.lock();
         if st.live(name, now).is_none() {
             let fence = st.next_fence(now);
+            // The fast path's `SET token NX PX` does not write the fencing token; the script
+            // writes `token@fence`.
+            let plain = matches!(kind, AttemptKind::Plain);
             let value = LockValue {
                 owner: token,
-                fence: Some(fence),
+                fence: (!plain).then_some(fence),
                 mark: Mark::None,
             };
-            st.insert(name, value.render(), lease, now);
+            st.insert_entry(name, value.render(), plain.then_some(fence), lease, now);
             return AttemptReply::Taken { fence };
         }
         let AttemptKind::Scripted {
@@ -345,17 +364,33 @@ impl MemoryView {
         }
     }
 
-    /// See `RENEW_BODY` in `scripts` (the fencing token is always recorded here).
+    /// See `RENEW_BODY` in `scripts` (the fencing token it records is the one the fast path
+    /// issued, kept beside the value).
     pub(crate) fn renew(&self, names: &RedisNames, token: &str, lease: Duration) -> bool {
         let now = Instant::now();
         let mut st = self.state();
-        match st.live(names.lock(), now) {
-            Some(entry) if LockValue::parse(&entry.value).is_some_and(|v| v.owner == token) => {
-                entry.expires_at = now + lease;
-                true
-            }
-            _ => false,
+        let Some(entry) = st.live(names.lock(), now) else {
+            return false;
+        };
+        let recorded = match LockValue::parse(&entry.value) {
+            Some(v) if v.owner == token => match (v.fence, entry.unrecorded_fence) {
+                (None, Some(fence)) => Some(
+                    LockValue {
+                        fence: Some(fence),
+                        ..v
+                    }
+                    .render(),
+                ),
+                _ => None,
+            },
+            _ => return false,
+        };
+        if let Some(value) = recorded {
+            entry.value = value;
+            entry.unrecorded_fence = None;
         }
+        entry.expires_at = now + lease;
+        true
     }
 
     /// See `HANDOFF_BODY` in `scripts`.
@@ -486,6 +521,33 @@ mod tests {
         };
         // The store's clock in microseconds: 100 ms later.
         assert_eq!(second - first, 100_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fast_path_leaves_the_token_to_the_first_renewal() {
+        let store = MemoryStore::new().view();
+        let n = names("p");
+        let lease = Duration::from_secs(1);
+        let AttemptReply::Taken { fence } = store.attempt(&n, A, lease, AttemptKind::Plain) else {
+            panic!("a free lock is taken")
+        };
+        assert_eq!(store.inspect(&n).unwrap().0, A, "like `SET token NX PX`");
+        // A contender marks it without inventing a token.
+        store.attempt(&n, B, lease, scripted(None));
+        let marked = store.inspect(&n).unwrap().0;
+        assert!(marked.starts_with(&format!("{A}!{B}:")), "{marked}");
+        assert!(store.renew(&n, A, lease));
+        let renewed = store.inspect(&n).unwrap().0;
+        assert!(
+            renewed.starts_with(&format!("{A}@{fence}!{B}:")),
+            "{renewed}"
+        );
+        // A scripted attempt on a free lock writes it at once.
+        let s = names("s");
+        let AttemptReply::Taken { fence } = store.attempt(&s, A, lease, scripted(None)) else {
+            panic!("a free lock is taken")
+        };
+        assert_eq!(store.inspect(&s).unwrap().0, format!("{A}@{fence}"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,6 +37,8 @@ pub async fn inspect_reports_the_holder_and_its_waiters(b: &impl Backend) {
         skew < Duration::from_secs(5),
         "held since {since:?}, now {now:?}"
     );
+    // Another locker sees the token once the store has it: an uncontended acquisition does
+    // not write it down, its first renewal (or an extension) does.
     let theirs = info(&other, "i")
         .await
         .expect("held, seen from another locker");
@@ -44,6 +46,11 @@ pub async fn inspect_reports_the_holder_and_its_waiters(b: &impl Backend) {
         theirs.remaining_lease.is_some() && !theirs.foreign,
         "{theirs:?}"
     );
+    assert_eq!((theirs.fencing_token, theirs.held_since), (None, None));
+    g.extend(lease).await.unwrap();
+    let theirs = info(&other, "i").await.unwrap();
+    assert_eq!(theirs.fencing_token, Some(g.fencing_token()));
+    assert_eq!(theirs.held_since, mine.held_since);
 
     // A waiter of another locker: the lock is contended and the waiter registered.
     let waiter = tokio::spawn({
