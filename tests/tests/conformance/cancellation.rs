@@ -123,6 +123,13 @@ pub async fn dropped_guards_and_bodies_release_at_once(b: &impl Backend) {
         .expect("the local waiter gets the dropped lock");
     assert_freed_within(&other, "dropped", Duration::from_secs(2)).await;
 
+    // A release dropped before it finished (never polled, or in flight) completes anyway.
+    for polls in [0, 1] {
+        let g = a.lock("dropped").await.unwrap();
+        let _ = PollLimit::new(g.release(), polls).await;
+        assert_freed_within(&other, "dropped", Duration::from_secs(2)).await;
+    }
+
     // A body cancelled by its caller (a `select!`, a timeout, a closed connection).
     let r = tokio::time::timeout(
         Duration::from_millis(200),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lockattr::Locker;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Settings};
 use crate::support::{assert_free, Critical};
 
 /// `tasks` tasks, task `i` on `lockers[i % lockers.len()]`, each passing `passes` times through
@@ -46,6 +46,32 @@ pub async fn lockers_exclude_each_other(b: &impl Backend) {
     assert_free(&b.locker().await, "shared").await;
 }
 
+/// A namespace is part of every lock's name: lockers of two namespaces do not exclude each
+/// other, lockers of one do.
+pub async fn namespaces_keep_lockers_apart(b: &impl Backend) {
+    let ns = |namespace| Settings {
+        namespace,
+        ..Settings::default()
+    };
+    let (app, same, other) = (
+        b.locker_with(ns("app:lock")).await,
+        b.locker_with(ns("app:lock")).await,
+        b.locker_with(ns("other")).await,
+    );
+    assert_eq!(app.namespace(), "app:lock");
+    assert_eq!(app.redis_key("party:42").unwrap(), "app:lock:{party:42}");
+    let g = app.lock("party:42").await.unwrap();
+    assert!(same.try_lock("party:42").await.is_err(), "same namespace");
+    let h = other
+        .try_lock("party:42")
+        .await
+        .expect("another namespace is another lock");
+    assert!(g.is_held() && h.is_held());
+    g.release().await.unwrap();
+    h.release().await.unwrap();
+    assert_free(&same, "party:42").await;
+}
+
 /// `tasks` tasks take turns on `key` until `total` passes were made between them; returns how
 /// many passes each task made.
 async fn take_turns(lockers: &[Locker], key: &str, tasks: usize, total: u64) -> Vec<u64> {
@@ -83,28 +109,35 @@ async fn take_turns(lockers: &[Locker], key: &str, tasks: usize, total: u64) -> 
     per_task
 }
 
-/// The local queue is FIFO and a release hands the lock to its head: every task gets a fair
-/// share of turns.
-pub async fn every_task_of_one_locker_gets_turns<B: Backend>(b: &B) {
-    let a = b.locker().await;
-    let per_task = take_turns(std::slice::from_ref(&a), "turns", 8, 320).await;
-    eprintln!("DIST one {} {per_task:?}", B::NAME);
-    // 40 each in a strict FIFO; a quarter of that leaves room for the tasks' start.
-    for (i, n) in per_task.iter().enumerate() {
-        assert!(*n >= 10, "task {i} got {n} turns: {per_task:?}");
+/// The local queue is FIFO and a release passes the lock (or, with handoffs off, the right to
+/// take it next) to its head: every task gets a fair share of turns.
+pub async fn every_task_of_one_locker_gets_turns(b: &impl Backend) {
+    for handoff_limit in [16, 0] {
+        let settings = Settings {
+            handoff_limit,
+            ..Settings::default()
+        };
+        let a = b.locker_with(settings).await;
+        let per_task = take_turns(std::slice::from_ref(&a), "turns", 8, 320).await;
+        // 40 each in a strict FIFO; a quarter of that leaves room for the tasks' start.
+        for (i, n) in per_task.iter().enumerate() {
+            assert!(
+                *n >= 10,
+                "handoff limit {handoff_limit}: task {i} got {n} turns: {per_task:?}"
+            );
+        }
     }
 }
 
 /// Handoffs inside a locker are bounded, and a release that woke the other locker lets it go
 /// first: both lockers, and every task, get turns.
-pub async fn every_task_of_two_lockers_gets_turns<B: Backend>(b: &B) {
-    let settings = crate::backend::Settings {
+pub async fn every_task_of_two_lockers_gets_turns(b: &impl Backend) {
+    let settings = Settings {
         handoff_limit: 4,
         ..Default::default()
     };
     let lockers = [b.locker_with(settings).await, b.locker_with(settings).await];
     let per_task = take_turns(&lockers, "fair", 8, 400).await;
-    eprintln!("DIST two {} {per_task:?}", B::NAME);
     let first: u64 = per_task.iter().step_by(2).sum();
     let second: u64 = per_task.iter().skip(1).step_by(2).sum();
     // Without the bound one locker keeps the lock while it has local waiters (a split like

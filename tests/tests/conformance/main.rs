@@ -53,6 +53,7 @@ conformance! {
         lockers_exclude_each_other,
         every_task_of_one_locker_gets_turns,
         every_task_of_two_lockers_gets_turns,
+        namespaces_keep_lockers_apart,
     ],
     waiting: [
         a_waiter_gets_the_lock_when_it_is_released,
