@@ -1,5 +1,5 @@
-//! Leases: a fixed lease runs out at its deadline, renewal keeps a long body protected, and
-//! `extend` moves the deadline.
+//! Leases: a fixed lease runs out at its deadline, renewal keeps a long body protected,
+//! `extend` moves the deadline, and a vanished holder's lease ends by itself.
 
 use std::time::{Duration, Instant};
 
@@ -93,4 +93,33 @@ pub async fn extend_moves_the_deadline(b: &impl Backend) {
         .expect("the shortened lease runs out");
     assert!(matches!(g.release().await, Err(Error::Lost { .. })));
     assert_freed_within(&other, "ext", Duration::from_secs(2)).await;
+}
+
+/// A holder that vanished without a word (a crashed process: its guard never dropped, its
+/// locker gone, so nothing renews, releases or withdraws) blocks the others for its lease, and
+/// no longer: they take the lock when it expires in the store, with no announcement.
+pub async fn a_vanished_holder_blocks_others_for_its_lease_only(b: &impl Backend) {
+    let other = b.locker().await;
+    let lease = Duration::from_millis(800);
+    let before = Instant::now();
+    {
+        let crashed = b.locker().await;
+        std::mem::forget(crashed.lock("crash").lease(lease).await.unwrap());
+    }
+    let g = other
+        .lock("crash")
+        .wait(Duration::from_secs(5))
+        .await
+        .expect("the lock expires with its lease");
+    let at = before.elapsed();
+    assert!(
+        at >= lease - lease / 20,
+        "taken after {at:?}, inside the lease"
+    );
+    assert!(
+        at < lease + Duration::from_secs(1),
+        "taken only after {at:?}"
+    );
+    g.release().await.unwrap();
+    assert_free(&other, "crash").await;
 }

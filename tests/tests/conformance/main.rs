@@ -65,6 +65,7 @@ conformance! {
         a_fixed_lease_is_lost_at_its_deadline,
         renewal_keeps_a_body_longer_than_its_lease_protected,
         extend_moves_the_deadline,
+        a_vanished_holder_blocks_others_for_its_lease_only,
     ],
     loss: [
         a_loss_cancels_the_body_under_run,

@@ -10,27 +10,15 @@
 //!   what is left of the lease is a process pause: the lock is lost, as it would be on Redis.
 //!   Advance in steps shorter than a third of the lease to let renewals run.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant as RealInstant};
 
 use futures_util::FutureExt;
 use lockattr::{Error, Locker, MemoryStore};
 use tokio::time::Instant;
 
-/// Real time a paused test may take.
-const REAL_LIMIT: Duration = Duration::from_secs(2);
-
-#[track_caller]
-fn assert_quick(real: RealInstant) {
-    let took = real.elapsed();
-    assert!(took < REAL_LIMIT, "took {took:?} of real time");
-}
-
-/// Lets the lockers' background tasks (the lease scheduler, renewals) run.
-async fn settle() {
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-}
+use crate::support::{assert_quick, settle};
 
 #[tokio::test(start_paused = true)]
 async fn a_30_s_wait_and_a_10_s_lease_take_no_real_time() {
@@ -144,6 +132,44 @@ async fn a_fixed_lease_is_lost_exactly_at_its_deadline() {
     assert!(matches!(g.release().await, Err(Error::Lost { .. })));
     assert!(next.is_held());
     next.release().await.unwrap();
+    assert_quick(real);
+}
+
+#[tokio::test(start_paused = true)]
+async fn holders_of_two_lockers_take_turns_in_paused_time() {
+    let real = RealInstant::now();
+    let store = MemoryStore::new();
+    let lockers = [store.locker(), store.locker()];
+    let inside = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (locker, inside) = (lockers[i % 2].clone(), inside.clone());
+            tokio::spawn(async move {
+                for _ in 0..2 {
+                    // A 3 s body under a 1 s lease: renewed, and handed over or granted.
+                    locker
+                        .lock("turns")
+                        .lease(Duration::from_secs(1))
+                        .wait(Duration::from_secs(60))
+                        .run(async {
+                            assert!(!inside.swap(true, Ordering::SeqCst));
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            inside.store(false, Ordering::SeqCst);
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 16 bodies of 3 s, one after the other.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(48), "{took:?}");
+    assert!(took < Duration::from_secs(50), "{took:?}");
     assert_quick(real);
 }
 

@@ -140,6 +140,20 @@ impl Drop for Exit {
     }
 }
 
+/// Asserts that a test that began at `real` took little real time (a paused test).
+#[track_caller]
+pub fn assert_quick(real: Instant) {
+    let took = real.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?} of real time");
+}
+
+/// Lets the lockers' background tasks (the lease scheduler, renewals) run, in paused time.
+pub async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Polls `fut` at most `polls` times, then gives up (and drops it); `Some` if it finished.
 /// Every poll that returns `Pending` lets the runtime run until the future is woken, so `polls`
 /// walks the future through its await points one by one, on any backend.
