@@ -21,6 +21,7 @@ mod leases;
 mod loss;
 mod operations;
 mod paused;
+mod scheduling;
 mod waiting;
 
 /// Instantiates every case on both backends: `redis::<group>::<case>` and
