@@ -113,7 +113,9 @@ impl Backend for Memory {
 }
 
 /// Runs one case's future (made on a backend `B`), failing it if it takes longer than
-/// [`CASE_LIMIT`].
+/// [`CASE_LIMIT`]. The limit is checked when the case yields, so every loop in a case
+/// awaits a timer: on the memory store, lock operations alone never yield (see
+/// [`scheduling`](crate::scheduling)).
 pub async fn bounded<B: Backend>(case: impl Future<Output = ()>) {
     if tokio::time::timeout(CASE_LIMIT, case).await.is_err() {
         panic!("{}: the case did not finish within {CASE_LIMIT:?}", B::NAME);
