@@ -8,7 +8,10 @@
 //!
 //! * leases expire by **tokio's clock** (`tokio::time::Instant`), so `tokio::time::pause()` and
 //!   `#[tokio::test(start_paused = true)]` control them;
-//! * fencing tokens come from one counter per store (strictly increasing, starting at 1);
+//! * fencing tokens are the store's clock in microseconds, as Redis's are its `TIME`: the wall
+//!   clock when the store was made, moved on by tokio's clock (so paused time moves it too),
+//!   and raised above the last token issued, so they strictly increase and
+//!   [`LockInfo::held_since`](crate::LockInfo::held_since) says when a holder took the lock;
 //! * announcements are delivered directly to every `Locker` on the store that listens;
 //! * nothing is shared with other processes, and nothing fails: there is no connection.
 //!
@@ -17,7 +20,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
@@ -67,8 +70,12 @@ struct State {
     fence: u64,
     /// Every `Locker`'s announcement listeners.
     listeners: Vec<Weak<Channels>>,
-    /// The store's clock origin, for registration times (Redis uses its clock in ms).
+    /// The store's clock origin, for registration times (Redis uses its clock in ms) and
+    /// fencing tokens.
     epoch: Instant,
+    /// The wall clock at `epoch` in microseconds since 1970: the store's clock reads this plus
+    /// tokio's time since `epoch`.
+    epoch_us: u64,
     /// `locks.len()` after the last sweep of expired entries.
     swept_at: usize,
 }
@@ -80,6 +87,9 @@ impl Default for State {
             fence: 0,
             listeners: Vec::new(),
             epoch: Instant::now(),
+            epoch_us: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
             swept_at: 0,
         }
     }
@@ -89,6 +99,10 @@ impl Default for State {
 struct Entry {
     value: String,
     expires_at: Instant,
+    /// The fencing token of a lock taken by the fast path, whose value does not carry it (a
+    /// plain `SET` on Redis): the first renewal writes it into the value, as `RENEW_BODY`
+    /// writes the one its caller passes.
+    unrecorded_fence: Option<u64>,
 }
 
 impl MemoryStore {
@@ -143,8 +157,12 @@ impl State {
         u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn next_fence(&mut self) -> u64 {
-        self.fence += 1;
+    /// The store's clock in microseconds, raised above the last token (`fence_after` in the
+    /// scripts).
+    fn next_fence(&mut self, now: Instant) -> u64 {
+        let since = u64::try_from(now.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
+        let clock = self.epoch_us.saturating_add(since);
+        self.fence = clock.max(self.fence + 1);
         self.fence
     }
 
@@ -157,11 +175,23 @@ impl State {
     }
 
     fn insert(&mut self, name: &str, value: String, lease: Duration, now: Instant) {
+        self.insert_entry(name, value, None, lease, now);
+    }
+
+    fn insert_entry(
+        &mut self,
+        name: &str,
+        value: String,
+        unrecorded_fence: Option<u64>,
+        lease: Duration,
+        now: Instant,
+    ) {
         self.locks.insert(
             name.to_owned(),
             Entry {
                 value,
                 expires_at: now + lease,
+                unrecorded_fence,
             },
         );
         // Expired entries nobody looks at again are swept when the map has doubled since the
@@ -213,13 +243,16 @@ impl MemoryView {
         let mut st = self.state();
         let name = names.lock();
         if st.live(name, now).is_none() {
-            let fence = st.next_fence();
+            let fence = st.next_fence(now);
+            // The fast path's `SET token NX PX` does not write the fencing token; the script
+            // writes `token@fence`.
+            let plain = matches!(kind, AttemptKind::Plain);
             let value = LockValue {
                 owner: token,
-                fence: Some(fence),
+                fence: (!plain).then_some(fence),
                 mark: Mark::None,
             };
-            st.insert(name, value.render(), lease, now);
+            st.insert_entry(name, value.render(), plain.then_some(fence), lease, now);
             return AttemptReply::Taken { fence };
         }
         let AttemptKind::Scripted {
@@ -304,7 +337,7 @@ impl MemoryView {
                     registered_ms,
                 } if registration_live(now_ms, registered_ms, grant_lease_ms) => {
                     let waiter = waiter.to_owned();
-                    let fence = st.next_fence();
+                    let fence = st.next_fence(now);
                     let granted = LockValue {
                         owner: &waiter,
                         fence: Some(fence),
@@ -331,17 +364,33 @@ impl MemoryView {
         }
     }
 
-    /// See `RENEW_BODY` in `scripts` (the fencing token is always recorded here).
+    /// See `RENEW_BODY` in `scripts` (the fencing token it records is the one the fast path
+    /// issued, kept beside the value).
     pub(crate) fn renew(&self, names: &RedisNames, token: &str, lease: Duration) -> bool {
         let now = Instant::now();
         let mut st = self.state();
-        match st.live(names.lock(), now) {
-            Some(entry) if LockValue::parse(&entry.value).is_some_and(|v| v.owner == token) => {
-                entry.expires_at = now + lease;
-                true
-            }
-            _ => false,
+        let Some(entry) = st.live(names.lock(), now) else {
+            return false;
+        };
+        let recorded = match LockValue::parse(&entry.value) {
+            Some(v) if v.owner == token => match (v.fence, entry.unrecorded_fence) {
+                (None, Some(fence)) => Some(
+                    LockValue {
+                        fence: Some(fence),
+                        ..v
+                    }
+                    .render(),
+                ),
+                _ => None,
+            },
+            _ => return false,
+        };
+        if let Some(value) = recorded {
+            entry.value = value;
+            entry.unrecorded_fence = None;
         }
+        entry.expires_at = now + lease;
+        true
     }
 
     /// See `HANDOFF_BODY` in `scripts`.
@@ -357,7 +406,7 @@ impl MemoryView {
         let name = names.lock();
         let value = st.live(name, now)?.value.clone();
         let old = LockValue::parse(&value).filter(|v| v.owner == old_token)?;
-        let fence = st.next_fence();
+        let fence = st.next_fence(now);
         let next = LockValue {
             owner: new_token,
             fence: Some(fence),
@@ -456,20 +505,75 @@ mod tests {
         let store = MemoryStore::new().view();
         let n = names("k");
         let lease = Duration::from_millis(100);
-        assert!(matches!(
-            store.attempt(&n, A, lease, AttemptKind::Plain),
-            AttemptReply::Taken { fence: 1 }
-        ));
+        let AttemptReply::Taken { fence: first } = store.attempt(&n, A, lease, AttemptKind::Plain)
+        else {
+            panic!("a free lock is taken")
+        };
         assert!(matches!(
             store.attempt(&n, B, lease, AttemptKind::Plain),
             AttemptReply::Busy { .. }
         ));
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(!store.renew(&n, A, lease), "expired");
-        assert!(matches!(
-            store.attempt(&n, B, lease, AttemptKind::Plain),
-            AttemptReply::Taken { fence: 2 }
-        ));
+        let AttemptReply::Taken { fence: second } = store.attempt(&n, B, lease, AttemptKind::Plain)
+        else {
+            panic!("an expired lock is taken")
+        };
+        // The store's clock in microseconds: 100 ms later.
+        assert_eq!(second - first, 100_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fast_path_leaves_the_token_to_the_first_renewal() {
+        let store = MemoryStore::new().view();
+        let n = names("p");
+        let lease = Duration::from_secs(1);
+        let AttemptReply::Taken { fence } = store.attempt(&n, A, lease, AttemptKind::Plain) else {
+            panic!("a free lock is taken")
+        };
+        assert_eq!(store.inspect(&n).unwrap().0, A, "like `SET token NX PX`");
+        // A contender marks it without inventing a token.
+        store.attempt(&n, B, lease, scripted(None));
+        let marked = store.inspect(&n).unwrap().0;
+        assert!(marked.starts_with(&format!("{A}!{B}:")), "{marked}");
+        assert!(store.renew(&n, A, lease));
+        let renewed = store.inspect(&n).unwrap().0;
+        assert!(
+            renewed.starts_with(&format!("{A}@{fence}!{B}:")),
+            "{renewed}"
+        );
+        // A scripted attempt on a free lock writes it at once.
+        let s = names("s");
+        let AttemptReply::Taken { fence } = store.attempt(&s, A, lease, scripted(None)) else {
+            panic!("a free lock is taken")
+        };
+        assert_eq!(store.inspect(&s).unwrap().0, format!("{A}@{fence}"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fencing_tokens_are_the_clock_and_strictly_increase() {
+        let store = MemoryStore::new().view();
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        let lease = Duration::from_secs(1);
+        let mut last = 0;
+        // Within one microsecond of paused time, each token is still above the one before.
+        for i in 0..10 {
+            let n = names(&format!("c{i}"));
+            let AttemptReply::Taken { fence } = store.attempt(&n, A, lease, AttemptKind::Plain)
+            else {
+                panic!("a free lock is taken")
+            };
+            assert!(fence > last, "{fence} after {last}");
+            last = fence;
+        }
+        let held_since = u128::from(last);
+        assert!(
+            held_since.abs_diff(now_us) < 5_000_000,
+            "{held_since} vs {now_us}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
