@@ -27,8 +27,8 @@ pub struct LockInfo {
     pub contended: bool,
     /// A contender is registered for a direct grant: the release will hand it the lock.
     pub waiter_registered: bool,
-    /// Tasks of this `Locker` waiting for the key (they wait locally and are not seen in Redis;
-    /// other processes' waiters are not counted).
+    /// Tasks of this `Locker` waiting for the key: the one that contends in Redis for this
+    /// process and those queued behind it locally (other processes' waiters are not counted).
     pub local_waiters: usize,
     /// The key holds a value that lockattr did not write (an operator's `SET`, another
     /// library): contenders treat it as busy and never change it, and

@@ -84,36 +84,44 @@ impl Locker {
     /// It needs no runtime to be created, and a Tokio runtime to be used.
     ///
     /// A test of an annotated function, with time paused (leases and waits follow tokio's
-    /// clock, so a 30 s wait takes no real time):
+    /// clock, so a 30 s wait takes no real time; `start_paused` needs tokio's `test-util`
+    /// feature in your dev-dependencies):
     ///
     /// ```
     /// use std::time::Duration;
+    /// use lockattr::Locker;
     ///
-    /// #[lockattr::distributed_lock(key = "seat:<seat>", wait = "30s", lease = "10s")]
-    /// async fn book(seat: u32) -> Result<u32, lockattr::Error> {
+    /// #[lockattr::distributed_lock(key = "seat:<seat>", wait = "30s", lease = "10s", locker = locker)]
+    /// async fn book(locker: &Locker, seat: u32) -> Result<u32, lockattr::Error> {
     ///     tokio::time::sleep(Duration::from_secs(20)).await; // longer than the lease: renewed
     ///     Ok(seat)
     /// }
     ///
     /// #[tokio::test(start_paused = true)]
     /// async fn bookings_of_one_seat_take_turns() {
-    ///     lockattr::set_default(lockattr::Locker::in_memory());
+    ///     let locker = Locker::in_memory();
     ///     let started = tokio::time::Instant::now();
-    ///     let (a, b) = tokio::join!(book(7), book(7));
+    ///     let (a, b) = tokio::join!(book(&locker, 7), book(&locker, 7));
     ///     assert_eq!((a.unwrap(), b.unwrap()), (7, 7));
     ///     assert!(started.elapsed() >= Duration::from_secs(40), "one after the other");
     /// }
     /// # fn main() {
     /// #     tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
     /// #         .block_on(async {
-    /// #             lockattr::set_default(lockattr::Locker::in_memory());
+    /// #             let locker = Locker::in_memory();
     /// #             let started = tokio::time::Instant::now();
-    /// #             let (a, b) = tokio::join!(book(7), book(7));
+    /// #             let (a, b) = tokio::join!(book(&locker, 7), book(&locker, 7));
     /// #             assert_eq!((a.unwrap(), b.unwrap()), (7, 7));
     /// #             assert!(started.elapsed() >= Duration::from_secs(40));
     /// #         });
     /// # }
     /// ```
+    ///
+    /// Code that uses the process default works too (`lockattr::set_default(Locker::in_memory())`),
+    /// but there is one default per process: tests that run in parallel in one test binary
+    /// replace each other's. Passing the locker (`locker = ..`) keeps tests apart. Under paused
+    /// time, one `tokio::time::advance` longer than what is left of a lease is what a process
+    /// pause is: the lock is lost (renewals run as time advances in smaller steps).
     pub fn in_memory() -> Locker {
         MemoryStore::new().locker()
     }

@@ -195,9 +195,12 @@ impl<T> Queues<T> {
         })
     }
 
-    /// How many tasks wait locally for `name` (for inspection).
+    /// How many tasks of this process wait for `name` (for inspection): those queued, and the
+    /// slot's owner while it contends in the store (it holds nothing yet).
     pub(crate) fn waiting(&self, name: &str) -> Option<usize> {
-        lock(&self.map).get(name).map(|l| l.waiters.len())
+        lock(&self.map)
+            .get(name)
+            .map(|l| l.waiters.len() + usize::from(l.holder.is_none()))
     }
 
     /// The token and fencing token of this process's holder of `name`, if one holds it.
@@ -308,7 +311,13 @@ mod tests {
         let Entry::Queued(mut ticket) = q.enter("k", true, Duration::from_secs(1), true) else {
             panic!("second");
         };
-        assert_eq!(q.waiting("k"), Some(1));
+        assert_eq!(
+            q.waiting("k"),
+            Some(2),
+            "the contending owner and the queued task"
+        );
+        slot.set_holder("t", 1);
+        assert_eq!(q.waiting("k"), Some(1), "the owner holds the lock now");
         drop(slot);
         let baton = ticket.rx.as_mut().unwrap().try_recv().unwrap();
         assert!(matches!(baton, Baton::Contend(_)));

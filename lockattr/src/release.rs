@@ -167,7 +167,7 @@ impl Hold {
     ) -> Owned {
         Hold::start(
             self.store.clone(),
-            self.timers().clone(),
+            self.scheduler().clone(),
             slot,
             Start {
                 key: self.key.clone(),

@@ -94,7 +94,9 @@ impl LockRequest {
 
     /// The lock's time-to-live in Redis (default: the locker's `default_lease`): how long a
     /// crashed holder blocks others. From 1 ms to 366 days (outside that range awaiting the
-    /// request fails with [`Error::InvalidConfig`]).
+    /// request fails with [`Error::InvalidConfig`]). A lease shorter than a round trip to Redis
+    /// can never be used: every answer arrives after the lease could have run out, so the
+    /// attempt is withdrawn and tried again until the wait ends in [`Error::Timeout`].
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self

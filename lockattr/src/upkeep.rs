@@ -31,8 +31,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -54,7 +54,9 @@ pub(crate) type HeldSlot = Slot<Owned>;
 /// One held lock (see the module docs).
 pub(crate) struct Hold {
     pub(crate) store: Store,
-    timers: Arc<Timers>,
+    /// The scheduler this hold is registered with; holding it keeps renewals running while
+    /// the lock is held, even after the last `Locker` clone is gone.
+    scheduler: Arc<Scheduler>,
     /// The key as the caller wrote it.
     pub(crate) key: Arc<str>,
     pub(crate) names: Arc<RedisNames>,
@@ -103,13 +105,18 @@ impl fmt::Debug for Hold {
 
 impl Hold {
     /// Starts holding a lock the store confirmed, and registers its upkeep.
-    pub(crate) fn start(store: Store, timers: Arc<Timers>, slot: HeldSlot, start: Start) -> Owned {
+    pub(crate) fn start(
+        store: Store,
+        scheduler: Arc<Scheduler>,
+        slot: HeldSlot,
+        start: Start,
+    ) -> Owned {
         slot.set_holder(&start.token, start.fence);
         let clock = LeaseClock::new(start.sent_at, start.set, start.lease);
         let next_renewal = clock.renewal_due(start.sent_at, false);
         let hold = Arc::new(Hold {
             store,
-            timers,
+            scheduler,
             key: start.key,
             names: start.names,
             token: start.token,
@@ -133,8 +140,8 @@ impl Hold {
     }
 
     /// The scheduler this hold is registered with (a handed-over successor uses it too).
-    pub(crate) fn timers(&self) -> &Arc<Timers> {
-        &self.timers
+    pub(crate) fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.scheduler
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -167,7 +174,7 @@ impl Hold {
         if st.clock.phase() != Phase::Held {
             return;
         }
-        let timers = &self.timers;
+        let timers = &self.scheduler.timers;
         timers.ensure_running();
         let id = timers.next_id.fetch_add(1, Ordering::Relaxed);
         let mut queue = lock(&timers.queue);
@@ -186,7 +193,7 @@ impl Hold {
 
     fn unschedule(&self, st: &mut State) {
         if let Some(place) = st.queued.take() {
-            lock(&self.timers.queue).remove(&place);
+            lock(&self.scheduler.timers.queue).remove(&place);
         }
     }
 
@@ -437,8 +444,11 @@ pub(crate) struct Timers {
     epoch: Instant,
     /// Nanoseconds after `epoch` at which the scheduler wakes next at the latest.
     armed: AtomicU64,
-    /// The scheduler task, started when the first hold registers (on that hold's runtime).
-    task: OnceLock<JoinHandle<()>>,
+    /// Whether the scheduler task runs. It starts when a hold registers and none runs (the first
+    /// hold, or the first after the runtime that ran the task shut down), on that hold's
+    /// runtime.
+    running: AtomicBool,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Longest sleep of an idle scheduler. Bounds how far `armed` can lag behind the queue, so a
@@ -446,36 +456,65 @@ pub(crate) struct Timers {
 /// due.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-/// Stops the scheduler task when the `Locker` (its last clone) is dropped.
+/// The lease scheduler of one `Locker`, shared by its clones and by every lock it holds; the
+/// last one gone stops the task.
 #[derive(Debug)]
-pub(crate) struct SchedulerTask(Arc<Timers>);
+pub(crate) struct Scheduler {
+    timers: Arc<Timers>,
+}
 
-impl Drop for SchedulerTask {
+impl Drop for Scheduler {
     fn drop(&mut self) {
-        if let Some(task) = self.0.task.get() {
+        if let Some(task) = lock(&self.timers.task).take() {
             task.abort();
         }
     }
 }
 
-impl Timers {
-    /// The queue; its task starts with the first hold.
-    pub(crate) fn start() -> (Arc<Timers>, SchedulerTask) {
-        let timers = Arc::new(Timers {
-            queue: Mutex::new(BTreeMap::new()),
-            next_id: AtomicU64::new(0),
-            wake: Notify::new(),
-            epoch: Instant::now(),
-            armed: AtomicU64::new(0),
-            task: OnceLock::new(),
-        });
-        (timers.clone(), SchedulerTask(timers))
+impl Scheduler {
+    /// A scheduler whose task starts with the first hold.
+    pub(crate) fn new() -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            timers: Arc::new(Timers {
+                queue: Mutex::new(BTreeMap::new()),
+                next_id: AtomicU64::new(0),
+                wake: Notify::new(),
+                epoch: Instant::now(),
+                armed: AtomicU64::new(0),
+                running: AtomicBool::new(false),
+                task: Mutex::new(None),
+            }),
+        })
     }
+}
 
-    /// Starts the scheduler task if it is not running (holds register from async code, so a
-    /// runtime is there).
+/// Marks the scheduler task stopped however it ends (an abort, its runtime shutting down).
+struct Running(Arc<Timers>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
+}
+
+impl Timers {
+    /// Starts the scheduler task if none runs (holds register from async code, so a runtime is
+    /// there): a `Locker` used from a second runtime after the first one shut down renews its
+    /// locks on the second.
     fn ensure_running(self: &Arc<Self>) {
-        self.task.get_or_init(|| tokio::spawn(self.clone().run()));
+        if self.running.load(Ordering::Acquire) {
+            return;
+        }
+        let mut task = lock(&self.task);
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let running = Running(self.clone());
+        let timers = self.clone();
+        *task = Some(tokio::spawn(async move {
+            let _running = running;
+            timers.run().await;
+        }));
     }
 
     fn armed_until(&self) -> Instant {

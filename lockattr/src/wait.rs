@@ -19,7 +19,7 @@
 //!   holder's lock expires without any announcement) or the end of the wait.
 //! * A grant to its registration makes it the holder without another round trip.
 //!
-//! Every reply goes through [`decide`](crate::acquire::decide). Commands per acquisition do
+//! Every reply goes through [`decide`]. Commands per acquisition do
 //! not depend on how many tasks wait: they wait in the local queue.
 //!
 //! **Bounds.** Each store call has the operation timeout as its budget; a reply renews it, and
@@ -91,7 +91,7 @@ impl Request {
         slot.taken_from_free();
         let owned = Hold::start(
             self.core.store.clone(),
-            self.core.timers.clone(),
+            self.core.scheduler.clone(),
             slot,
             Start {
                 key: self.key.clone(),

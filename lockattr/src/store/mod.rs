@@ -53,6 +53,13 @@ pub(crate) enum Store {
 pub(crate) type Connecting<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Store, Error>> + Send + 'a>>;
 
+/// An in-memory operation answers at once, where Redis would take a round trip during which
+/// the runtime runs other tasks: spending the task's cooperative budget keeps a loop of memory
+/// operations from starving the other tasks of its thread (it yields once the budget is gone).
+async fn yield_like_a_round_trip() {
+    tokio::task::consume_budget().await;
+}
+
 /// How long an in-memory operation may take: it never waits, so any deadline will do.
 const MEMORY_DEADLINE: Duration = Duration::from_secs(3600);
 
@@ -115,7 +122,10 @@ impl Store {
     ) -> Result<AttemptReply, Error> {
         match self {
             Store::Redis(r) => r.attempt(names, token, lease, kind, until).await,
-            Store::Memory(m) => Ok(m.attempt(names, token, lease, kind)),
+            Store::Memory(m) => {
+                yield_like_a_round_trip().await;
+                Ok(m.attempt(names, token, lease, kind))
+            }
         }
     }
 
@@ -129,7 +139,10 @@ impl Store {
     ) -> Result<ReleaseReply, Error> {
         match self {
             Store::Redis(r) => r.release(names, token, until).await,
-            Store::Memory(m) => Ok(m.release(names, token)),
+            Store::Memory(m) => {
+                yield_like_a_round_trip().await;
+                Ok(m.release(names, token))
+            }
         }
     }
 
@@ -144,7 +157,10 @@ impl Store {
     ) -> Result<bool, Error> {
         match self {
             Store::Redis(r) => r.renew(names, token, fence, lease, until).await,
-            Store::Memory(m) => Ok(m.renew(names, token, lease)),
+            Store::Memory(m) => {
+                yield_like_a_round_trip().await;
+                Ok(m.renew(names, token, lease))
+            }
         }
     }
 
@@ -164,7 +180,10 @@ impl Store {
                 r.handoff(names, old_token, old_fence, new_token, lease, until)
                     .await
             }
-            Store::Memory(m) => Ok(m.handoff(names, old_token, new_token, lease)),
+            Store::Memory(m) => {
+                yield_like_a_round_trip().await;
+                Ok(m.handoff(names, old_token, new_token, lease))
+            }
         }
     }
 
@@ -176,7 +195,10 @@ impl Store {
     ) -> Result<Option<(String, Option<u64>)>, Error> {
         match self {
             Store::Redis(r) => r.inspect(names, until).await,
-            Store::Memory(m) => Ok(m.inspect(names)),
+            Store::Memory(m) => {
+                yield_like_a_round_trip().await;
+                Ok(m.inspect(names))
+            }
         }
     }
 
@@ -188,7 +210,10 @@ impl Store {
     ) -> Result<i64, Error> {
         match self {
             Store::Redis(r) => r.force_unlock(names, until).await,
-            Store::Memory(m) => Ok(m.force_unlock(names)),
+            Store::Memory(m) => {
+                yield_like_a_round_trip().await;
+                Ok(m.force_unlock(names))
+            }
         }
     }
 

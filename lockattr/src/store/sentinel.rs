@@ -16,7 +16,7 @@
 //!
 //! While no master can be reached (a failover in progress), a call keeps resolving, every
 //! 100 ms, until its deadline, then fails with an error that says so. The pub/sub hub follows
-//! the same master: it reconnects whenever the connection here is dropped ([`epoch`]).
+//! the same master: it reconnects whenever the connection here is dropped (`SentinelConn::epoch`).
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;

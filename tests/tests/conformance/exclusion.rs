@@ -111,10 +111,11 @@ async fn take_turns(
             })
         })
         .collect();
-    // Each locker's first task contends in the store; the others wait in its local queue.
+    // Each locker's first task contends in the store, the others wait in its local queue:
+    // all of them count as its waiters.
     for (n, locker) in lockers.iter().enumerate() {
         let mine = (n..tasks).step_by(lockers.len()).count();
-        until_local_waiters(locker, key, mine - 1, Duration::from_secs(5)).await;
+        until_local_waiters(locker, key, mine, Duration::from_secs(5)).await;
     }
     gate.release().await.expect("release the gate");
     let mut per_task = Vec::new();

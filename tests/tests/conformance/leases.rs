@@ -95,16 +95,25 @@ pub async fn extend_moves_the_deadline(b: &impl Backend) {
     assert_freed_within(&other, "ext", Duration::from_secs(2)).await;
 }
 
-/// A holder that vanished without a word (a crashed process: its guard never dropped, its
-/// locker gone, so nothing renews, releases or withdraws) blocks the others for its lease, and
-/// no longer: they take the lock when it expires in the store, with no announcement.
+/// A holder that vanished without a word (a crashed process: nothing renews, releases or
+/// withdraws) blocks the others for its lease, and no longer: they take the lock when it
+/// expires in the store, with no announcement. (In-process the crash is a forgotten guard with
+/// a fixed lease: a forgotten guard that renews keeps its lock as long as the process lives,
+/// as a guard that is kept does; killed processes are in `tests/runtime`.)
 pub async fn a_vanished_holder_blocks_others_for_its_lease_only(b: &impl Backend) {
     let other = b.locker().await;
     let lease = Duration::from_millis(800);
     let before = Instant::now();
     {
         let crashed = b.locker().await;
-        std::mem::forget(crashed.lock("crash").lease(lease).await.unwrap());
+        std::mem::forget(
+            crashed
+                .lock("crash")
+                .lease(lease)
+                .renew(false)
+                .await
+                .unwrap(),
+        );
     }
     let g = other
         .lock("crash")

@@ -3,8 +3,8 @@
 //! [`MemoryStore`](lockattr::MemoryStore) (`memory::…`). A case uses the public API only, so a
 //! difference between the two runs is a difference a user's test would see. Checks that only
 //! make sense on one backend live elsewhere: Redis's in `tests/runtime`, paused time in
-//! [`paused`] here. A known difference that `store/memory.rs` alone cannot remove is a case
-//! of its own, with its memory run ignored: [`scheduling`].
+//! [`paused`] here. That awaiting a lock operation lets the thread's other tasks run (a round
+//! trip on Redis, the cooperative budget in memory) is a case of its own: [`scheduling`].
 //!
 //! Every case runs on a 2-worker runtime in real time, bounded by
 //! [`CASE_LIMIT`](backend::CASE_LIMIT), with timing bounds generous enough for a loaded
@@ -19,6 +19,7 @@ mod exclusion;
 mod fencing;
 mod invalid;
 mod leases;
+mod lifetime;
 mod loss;
 mod operations;
 mod paused;

@@ -5,10 +5,9 @@
 //! on Redis. The case runs on a current-thread runtime, where this is deterministic.
 //!
 //! Found by `exclusion::every_task_of_one_locker_gets_turns` (with `handoff_limit(0)`, on a
-//! loaded machine): one task took all 320 turns before the others were scheduled. It cannot be
-//! fixed inside `store/memory.rs` (its operations are synchronous functions that
-//! `store/mod.rs` calls); the memory run is ignored until `store/mod.rs` gives the memory store
-//! a yield point (`tokio::task::yield_now` or `consume_budget`) per operation.
+//! loaded machine): one task took all 320 turns before the others were scheduled. The memory
+//! store now spends the task's cooperative budget on every operation, as a round trip would
+//! give other tasks their turn.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +39,6 @@ async fn redis() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "the memory store never yields (see the module docs); reported"]
 async fn memory() {
     bounded::<Memory>(an_uncontended_lock_loop_lets_other_tasks_run(
         &Memory::start(),
