@@ -33,8 +33,11 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// releases in the background at once (it needs a Tokio runtime; without one the lock expires
 /// with its lease). Either way renewal stops first, so a release can never be undone by a late
 /// renewal. If another task of the same process waits for the key, the lock is handed to it
-/// directly instead: Redis switches the lock to that task's fresh token, lease and fencing
-/// token in one step, and the task starts when Redis has confirmed it. That happens at most
+/// directly instead, without being free in between: that task starts at once, with the next
+/// fencing token (one above this guard's, from a range Redis reserved for the acquisition) and
+/// no later a deadline than Redis holds the lock for, and a renewal under its lease confirms
+/// the handover in Redis behind it. If that renewal finds the lock gone, this guard's
+/// `release` returns [`Error::Lost`] and the next holder is lost at once. That happens at most
 /// [`handoff_limit`](crate::LockerBuilder::handoff_limit) times in a row, so that other
 /// processes get their turn.
 #[must_use = "dropping the guard releases the lock at once"]

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::protocol::{LockValue, Mark};
+use crate::protocol::{LockValue, Mark, FENCE_SLOTS};
 
 /// A lock as Redis (and this `Locker`) sees it at one moment: for operators and tests.
 ///
@@ -19,8 +19,9 @@ pub struct LockInfo {
     /// holder in this `Locker` is known in any case. `None` otherwise: the fast path does not
     /// spend a command on writing it down.
     pub fencing_token: Option<u64>,
-    /// When the current holder took the lock, by Redis's clock (fencing tokens are that clock
-    /// in microseconds), when the token is known.
+    /// When the lock was taken from Redis (by the current holder, or by the first of the
+    /// holders it was handed on between in this process), by Redis's clock (fencing tokens are
+    /// that clock in microseconds times 100), when the token is known.
     pub held_since: Option<SystemTime>,
     /// A contender of another process or `Locker` found the lock busy: its release will be
     /// announced to it.
@@ -65,7 +66,7 @@ impl LockInfo {
         LockInfo {
             remaining_lease,
             fencing_token,
-            held_since: fencing_token.map(|f| UNIX_EPOCH + Duration::from_micros(f)),
+            held_since: fencing_token.map(|f| UNIX_EPOCH + Duration::from_micros(f / FENCE_SLOTS)),
             contended: v.mark != Mark::None,
             waiter_registered: matches!(v.mark, Mark::Registered { .. }),
             local_waiters,
@@ -83,13 +84,13 @@ mod tests {
     #[test]
     fn reports() {
         let i = LockInfo::from_store(
-            &format!("{T}@1764578644123456!{T}:2000:1"),
+            &format!("{T}@176457864412345601!{T}:2000:1"),
             Some(1500),
             2,
             None,
         );
         assert_eq!(i.remaining_lease, Some(Duration::from_millis(1500)));
-        assert_eq!(i.fencing_token, Some(1_764_578_644_123_456));
+        assert_eq!(i.fencing_token, Some(176_457_864_412_345_601));
         assert_eq!(
             i.held_since,
             Some(UNIX_EPOCH + Duration::from_micros(1_764_578_644_123_456))

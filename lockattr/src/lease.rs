@@ -17,12 +17,16 @@
 //! difference between the two clocks' rates (both are monotonic here; Redis expires keys by its
 //! own wall clock, see the crate docs).
 //!
-//! The deadline moves only when Redis confirms a lease-setting command, and only to what that
-//! command set: a confirmation of an older command than the one that set the current deadline
-//! is ignored (commands on one connection run in the order they were sent, so the newest sent
-//! is the one in force). Once the deadline has passed the lock is lost, whatever replies are
-//! still in flight: a confirmation that arrives later does not bring it back, because the
-//! critical section was already told to stop at that moment.
+//! The deadline moves later only when Redis confirms a lease-setting command, and only to what
+//! that command set: a confirmation of an older command than the one that set the current
+//! deadline is ignored (commands on one connection run in the order they were sent, so the
+//! newest sent is the one in force). It moves *earlier* as soon as a command that may shorten
+//! the lease is sent (an `extend` to a shorter lease, a renewal for a next holder with a shorter
+//! one): Redis may apply it before its answer arrives, so until a later command is confirmed
+//! the deadline is the earliest that any command sent since the one in force could set. Once
+//! the deadline has passed the lock is lost, whatever replies are still in flight: a
+//! confirmation that arrives later does not bring it back, because the critical section was
+//! already told to stop at that moment.
 //!
 //! This module is pure (no I/O, no timers): the owner of a held lock (`upkeep`) asks it what
 //! the lock's state is and when it next needs attention, and the decisions are unit-tested
@@ -94,8 +98,12 @@ pub(crate) struct LeaseClock {
     lease: Duration,
     /// The lease the command in force set (a direct grant sets a shorter one than `lease`).
     set: Duration,
-    deadline: Instant,
-    /// The command whose confirmation set `deadline`.
+    /// What the command in force set.
+    confirmed: Instant,
+    /// The earliest deadline a command sent after the one in force could set, if it is earlier
+    /// than `confirmed` (see the module docs).
+    pending: Option<(Sent, Instant)>,
+    /// The command whose confirmation set `confirmed`.
     in_force: Sent,
     /// The next command's number.
     next: u64,
@@ -108,7 +116,8 @@ impl LeaseClock {
             phase: Phase::Held,
             lease,
             set,
-            deadline: deadline(sent_at, set),
+            confirmed: deadline(sent_at, set),
+            pending: None,
             in_force: Sent(0),
             next: 1,
         }
@@ -124,17 +133,20 @@ impl LeaseClock {
     }
 
     pub(crate) fn deadline(&self) -> Instant {
-        self.deadline
+        match self.pending {
+            Some((_, earliest)) => earliest.min(self.confirmed),
+            None => self.confirmed,
+        }
     }
 
     /// `true` while held and before the deadline.
     pub(crate) fn is_held(&self, now: Instant) -> bool {
-        self.phase == Phase::Held && now < self.deadline
+        self.phase == Phase::Held && now < self.deadline()
     }
 
     /// Declares the lock lost if its deadline has passed; `true` when this call did.
     pub(crate) fn expire_if_due(&mut self, now: Instant) -> bool {
-        if self.phase == Phase::Held && now >= self.deadline {
+        if self.phase == Phase::Held && now >= self.deadline() {
             self.phase = Phase::Lost(Loss::Expired);
             true
         } else {
@@ -142,10 +154,15 @@ impl LeaseClock {
         }
     }
 
-    /// A lease-setting command is about to be sent.
-    pub(crate) fn send(&mut self) -> Sent {
+    /// A command that sets the lease to `lease` is about to be sent at `now`; if Redis applies
+    /// it, the lock is held until `deadline(now, lease)` at the earliest.
+    pub(crate) fn send(&mut self, now: Instant, lease: Duration) -> Sent {
         let sent = Sent(self.next);
         self.next += 1;
+        let earliest = deadline(now, lease);
+        if earliest < self.deadline() {
+            self.pending = Some((sent, earliest));
+        }
         sent
     }
 
@@ -166,9 +183,34 @@ impl LeaseClock {
         if sent > self.in_force {
             self.in_force = sent;
             self.set = set;
-            self.deadline = deadline(sent_at, set);
+            self.confirmed = deadline(sent_at, set);
+            // A shortening command sent before this one ran before it, and is overwritten.
+            if self.pending.is_some_and(|(p, _)| p <= sent) {
+                self.pending = None;
+            }
         }
         true
+    }
+
+    /// The clock of the next holder after a handover inside this process that keeps the lock
+    /// under the same token in the store: it is held until the same deadline (nothing else
+    /// changed in the store), or sooner when the new holder asked for a fixed `lease` that ends
+    /// first. Renewals then ask for the new holder's `lease`.
+    pub(crate) fn handed_over(&self, now: Instant, lease: Duration, renew: bool) -> LeaseClock {
+        let end = if renew {
+            self.deadline()
+        } else {
+            self.deadline().min(deadline(now, lease))
+        };
+        LeaseClock {
+            phase: Phase::Held,
+            lease,
+            set: self.set,
+            confirmed: end,
+            pending: None,
+            in_force: Sent(0),
+            next: 1,
+        }
     }
 
     /// Renewals ask for `lease` from now on (`LockGuard::extend`).
@@ -211,8 +253,9 @@ impl LeaseClock {
         } else {
             self.lease / 3
         };
-        let half_left = (self.deadline.saturating_duration_since(from) / 2).max(MIN_RENEW_STEP);
-        self.deadline.min(from + step.min(half_left))
+        let deadline = self.deadline();
+        let half_left = (deadline.saturating_duration_since(from) / 2).max(MIN_RENEW_STEP);
+        deadline.min(from + step.min(half_left))
     }
 }
 
@@ -246,7 +289,7 @@ mod tests {
     fn loss_is_declared_at_the_deadline_whatever_is_in_flight() {
         let t0 = Instant::now();
         let mut c = LeaseClock::new(t0, ms(600), ms(600));
-        let renewal = c.send(); // sent, no reply yet
+        let renewal = c.send(t0 + ms(200), ms(600)); // sent, no reply yet
         assert!(!c.expire_if_due(t0 + ms(569)));
         assert!(c.expire_if_due(t0 + ms(570)));
         assert_eq!(c.phase(), Phase::Lost(Loss::Expired));
@@ -260,21 +303,37 @@ mod tests {
     fn confirmations_move_the_deadline_to_what_the_newest_command_set() {
         let t0 = Instant::now();
         let mut c = LeaseClock::new(t0, ms(1000), ms(1000));
-        let renew = c.send(); // sent at t0+100, lease 1000
-        let extend = c.send(); // sent at t0+150, lease 200 (a shorter extension)
-        assert!(c.confirmed(extend, t0 + ms(150), ms(200), t0 + ms(160)));
-        assert_eq!(c.deadline(), t0 + ms(150) + ms(190));
-        // The older renewal's confirmation arrives last: Redis ran it first, so it is not the
-        // lease in force.
-        assert!(c.confirmed(renew, t0 + ms(100), ms(1000), t0 + ms(170)));
+        let renew = c.send(t0 + ms(100), ms(1000)); // a renewal
+        assert_eq!(c.deadline(), t0 + ms(950), "a renewal shortens nothing");
+        let extend = c.send(t0 + ms(150), ms(200)); // a shorter extension
+        assert_eq!(
+            c.deadline(),
+            t0 + ms(150) + ms(190),
+            "earlier as soon as it is sent: Redis may apply it before it answers"
+        );
+        // The older renewal's confirmation arrives first: the extension sent after it may
+        // still shorten the lease.
+        assert!(c.confirmed(renew, t0 + ms(100), ms(1000), t0 + ms(160)));
         assert_eq!(c.deadline(), t0 + ms(340));
+        assert!(c.confirmed(extend, t0 + ms(150), ms(200), t0 + ms(170)));
+        assert_eq!(c.deadline(), t0 + ms(340));
+        // A failed shortening command keeps its bound until a later command is confirmed.
+        let failed = c.send(t0 + ms(200), ms(50));
+        let _ = failed;
+        assert_eq!(
+            c.deadline(),
+            t0 + ms(200) + ms(47) + Duration::from_micros(500)
+        );
+        let later = c.send(t0 + ms(210), ms(1000));
+        assert!(c.confirmed(later, t0 + ms(210), ms(1000), t0 + ms(220)));
+        assert_eq!(c.deadline(), t0 + ms(1160));
     }
 
     #[test]
     fn a_confirmation_before_the_deadline_keeps_the_lock() {
         let t0 = Instant::now();
         let mut c = LeaseClock::new(t0, ms(300), ms(300));
-        let r = c.send();
+        let r = c.send(t0 + ms(100), ms(300));
         assert!(c.confirmed(r, t0 + ms(100), ms(300), t0 + ms(284)));
         assert_eq!(c.deadline(), t0 + ms(100) + ms(285));
         assert!(c.is_held(t0 + ms(300)));
@@ -293,6 +352,41 @@ mod tests {
         assert!(!c.expire_if_due(t0 + ms(500)), "an ended lease is not lost");
         let mut c = LeaseClock::new(t0, ms(100), ms(100));
         assert_eq!(c.end(t0 + ms(95)), Err(Loss::Expired));
+    }
+
+    #[test]
+    fn a_handover_keeps_the_deadline_the_store_holds() {
+        let t0 = Instant::now();
+        let mut old = LeaseClock::new(t0, ms(30_000), ms(30_000));
+        let r = old.send(t0 + ms(100), ms(30_000));
+        assert!(old.confirmed(r, t0 + ms(100), ms(30_000), t0 + ms(110)));
+        let renewing = old.handed_over(t0 + ms(200), ms(150), true);
+        assert_eq!(
+            renewing.deadline(),
+            old.deadline(),
+            "never later than the store's"
+        );
+        assert_eq!(
+            renewing.lease(),
+            ms(150),
+            "renewals ask for the new holder's lease"
+        );
+        let fixed = old.handed_over(t0 + ms(200), ms(150), false);
+        assert_eq!(fixed.deadline(), deadline(t0 + ms(200), ms(150)));
+        assert_eq!(
+            old.handed_over(t0, ms(60_000), false).deadline(),
+            old.deadline()
+        );
+        // The new clock's own commands are numbered from scratch.
+        let mut next = renewing;
+        let sent = next.send(t0 + ms(300), ms(150));
+        assert_eq!(
+            next.deadline(),
+            deadline(t0 + ms(300), ms(150)),
+            "lowered when sent"
+        );
+        assert!(next.confirmed(sent, t0 + ms(300), ms(150), t0 + ms(310)));
+        assert_eq!(next.deadline(), deadline(t0 + ms(300), ms(150)));
     }
 
     #[test]

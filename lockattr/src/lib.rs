@@ -56,7 +56,8 @@
 //!   too.
 //! * **Fencing tokens.** Every acquisition of a key gets a number strictly greater than the
 //!   previous holder's ([`LockGuard::fencing_token`], [`fencing_token()`]), issued by Redis in
-//!   the same round trip: Redis's clock in microseconds. Storage that remembers the highest
+//!   the same round trip: Redis's clock in microseconds, times 100 (the 99 numbers above
+//!   belong to in-process handovers of that acquisition). Storage that remembers the highest
 //!   token per resource can reject a stale holder's writes. No holder ever sees a token Redis
 //!   did not issue.
 //! * **Redis 6 or newer.** Release announcements use RESP3 pushes; `SET ... KEEPTTL` marks
@@ -65,7 +66,7 @@
 //!   only one talks to Redis. It marks the busy lock, registers for it and sleeps until the
 //!   release is announced on the lock's pub/sub channel (one shared subscription per contended
 //!   key per process), with the holder's TTL as a fallback timer. An uncontended lock is taken
-//!   with a plain `SET NX PX` + `INCR` (no script) and released without any announcement.
+//!   with a plain `SET NX PX` + `TIME` (no script) and released without any announcement.
 //! * **Direct grants between processes.** The release of a lock another process waits for hands
 //!   the lock straight to that waiter in the same script, with the waiter's lease and the next
 //!   fencing token, and announces it: the waiter holds the lock when the message arrives, with
@@ -74,9 +75,11 @@
 //!   only within half of that after it registered: a waiter that died blocks the lock at most
 //!   for the grant's lease, like a holder that died.
 //! * **Handoff inside a process.** When the holder releases and another local task waits, the
-//!   lock is handed over without ever being free: one script switches it to the next task's
-//!   token, lease and fencing token, and the next task starts when Redis has confirmed that
-//!   (bounded, so other processes get their turn).
+//!   lock is handed over without ever being free and without a round trip: the next task
+//!   starts at once, with the next fencing token and the deadline the lock has in Redis (never
+//!   later), and a renewal under its lease confirms the handover behind it; if that renewal
+//!   finds the lock gone, the previous holder's release reports [`Error::Lost`] and the next
+//!   holder is lost at once. Bounded, so other processes get their turn.
 //! * **Cancellation safety.** Dropping a guard releases the lock at once in the background.
 //!   Dropping an acquire future at any point leaves no lock, queue entry or subscription
 //!   behind, even when Redis granted the lock just as the future was dropped.
@@ -136,8 +139,8 @@
 //!   lock (holders see [`Error::Lost`] at their next renewal). Fencing tokens need no state in
 //!   Redis, so they keep increasing across the restart.
 //! * **Clocks.** Redis expires keys by its own wall clock, and fencing tokens are that clock
-//!   in microseconds (about 1.8 × 10¹⁵ in 2026; they fit a `u64` and a signed 64-bit database
-//!   column). A token is always above the previous holder's, because a whole client round trip
+//!   in microseconds times 100 (about 1.8 × 10¹⁷ in 2026; they fit a `u64`, and a signed
+//!   64-bit database column until 2262). A token is always above the previous holder's, because a whole client round trip
 //!   separates the two acquisitions, unless the Redis host's clock is *set back*: then a key
 //!   taken again within that step can get a smaller token. A clock set *forward* ends leases
 //!   early. Run Redis for locks on a host whose clock is slewed, not stepped (the NTP and chrony

@@ -26,20 +26,25 @@
 //!
 //! # Fencing tokens
 //!
-//! A fencing token is Redis's clock in microseconds (`TIME`) when the lock was taken, raised
-//! above the previous holder's token where a script knows it:
+//! A fencing token is Redis's clock in microseconds (`TIME`) when the lock was taken, times
+//! [`FENCE_SLOTS`] (100), raised above the previous holder's token where a script knows it.
+//! Only multiples of 100 are ever issued by Redis: the 99 numbers above an acquisition's token
+//! belong to it, for the in-process handovers that follow it (the `n`-th next local holder
+//! gets the token plus `n`; see `release`).
 //!
 //! * **Fast path.** An uncontended acquisition pipelines `SET key T NX PX lease` and `TIME` in
-//!   one round trip, no script; the token is `TIME`'s answer. The next holder of the key takes it
-//!   only after this lock ended: released (this holder releases only after it received its
-//!   token, so a whole client round trip lies between its `TIME` and the release) or expired
-//!   (at least a lease after the `SET`). If the pipeline's `TIME` ran late, after the lease had
-//!   run out in Redis (the two commands split across reads and delayed), its answer arrives
-//!   after `sent + lease` by the local clock, and the attempt is thrown away (the local
-//!   deadline rules; see `lease`). So the next holder's `TIME` is later, and larger.
-//! * **Scripts** (the contended attempt, a direct grant inside the release, an in-process
-//!   handover) compute `max(TIME, previous + 1)` where they know the previous token, and write
-//!   the token into the value.
+//!   one round trip, no script; the token is `TIME`'s answer times 100. The next holder of the
+//!   key takes it only after this lock ended: released (this holder releases only after it
+//!   received its token, so a whole client round trip lies between its `TIME` and the release)
+//!   or expired (at least a lease after the `SET`). If the pipeline's `TIME` ran late, after the
+//!   lease had run out in Redis (the two commands split across reads and delayed), its answer
+//!   arrives after `sent + lease` by the local clock, and the attempt is thrown away (the local
+//!   deadline rules; see `lease`). So the next holder's `TIME` is at least a microsecond later,
+//!   and its token above every number reserved for this one.
+//! * **Scripts** (the contended attempt, a direct grant inside the release, a handover through
+//!   Redis) compute `max(TIME × 100, the next multiple of 100 above the previous token)` where
+//!   they know the previous token, and write the token into the value. A renewal records the
+//!   token of a local handover in the value, so the next script knows it.
 //! * **Nothing to lose.** No counter is kept in Redis: tokens keep increasing across a Redis
 //!   restart without persistence, and the keys a lock leaves behind are only the lock itself,
 //!   while it is held. A failover to a replica keeps them increasing as long as the replica's
@@ -49,7 +54,8 @@
 //!   expires the leases (a clock set forward ends them early), so a Redis host for locks needs
 //!   a clock that is slewed, not stepped (NTP/chrony defaults after the first sync).
 //!
-//! Tokens are about 1.8 × 10¹⁵ in 2026: they fit a `u64` and a signed 64-bit database column.
+//! Tokens are about 1.8 × 10¹⁷ in 2026: they fit a `u64`, and a signed 64-bit database column
+//! until the year 2262.
 //!
 //! # Direct grants
 //!
@@ -198,9 +204,17 @@ fn digits_only(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-/// A fencing token from `TIME`'s answer (seconds and microseconds).
+/// Fencing tokens per microsecond of Redis's clock: an acquisition's token is a multiple of
+/// this, and the tokens up to the next multiple are reserved for the local handovers that
+/// follow it (see [Fencing tokens](self#fencing-tokens)).
+pub(crate) const FENCE_SLOTS: u64 = 100;
+
+/// A fencing token from `TIME`'s answer (seconds and microseconds): Redis's clock in
+/// microseconds, times [`FENCE_SLOTS`].
 pub(crate) fn fence_from_time(secs: u64, micros: u64) -> u64 {
-    secs.saturating_mul(1_000_000).saturating_add(micros)
+    secs.saturating_mul(1_000_000)
+        .saturating_add(micros)
+        .saturating_mul(FENCE_SLOTS)
 }
 
 /// What an attempt's reply says.
@@ -259,15 +273,15 @@ impl Announcement {
 /// the fencing rule.
 ///
 /// * `parse(v)` returns `owner, fence, mark, waiter, grant_lease, registered` for a lockattr
-///   value (`fence`: digits or nil; `mark`: nil, `'!'` or the whole `!W:L:S`), and nil for
-///   anything else (including a missing key);
+///   value (`fence`: a string of digits or nil; `mark`: nil, `'!'` or the whole `!W:L:S`), and
+///   nil for anything else (including a missing key);
 /// * `head(owner, fence)` is `owner` with `@fence` when there is one;
-/// * `time_us()` is Redis's clock in microseconds;
-/// * `fence_after(now_us, prev)` is `now_us`, or `prev + 1` when the clock is not past `prev`;
-/// * `str(n)` writes a number without exponent.
+/// * `clock()` is Redis's clock as a fencing token ([`fence_from_time`]) and in milliseconds;
+/// * `fence_after(now, prev)` is the token `now`, or the first multiple of [`FENCE_SLOTS`] above
+///   `prev` when `now` is not above `prev`: the store only ever issues multiples of it.
 ///
-/// Numbers up to 2⁵³ are exact in Lua's doubles; microseconds since 1970 are below 2⁵¹ until
-/// the year 2041 + 30.
+/// Fencing tokens stay decimal strings inside the scripts (they exceed the 2⁵³ up to which Lua's
+/// numbers are exact); tokens of the same number of digits compare as strings do.
 pub(crate) const LUA_PRELUDE: &str = r"
 local function parse(v)
   if not v then return nil end
@@ -286,13 +300,27 @@ local function head(owner, fence)
   if fence then return owner .. '@' .. fence end
   return owner
 end
-local function time_us()
+local function clock()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local us = string.format('%06d', tonumber(t[2]))
+  return t[1] .. us .. '00', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function fence_after(now_us, prev)
-  if prev and now_us <= prev then return prev + 1 end
-  return now_us
+local function above(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local function incr(s)
+  local digits, nines = string.match(s, '^(.-)(9*)$')
+  if digits == '' then return '1' .. string.rep('0', #nines) end
+  local last = tonumber(string.sub(digits, -1)) + 1
+  return string.sub(digits, 1, -2) .. last .. string.rep('0', #nines)
+end
+local function fence_after(now, prev)
+  if prev and not above(now, prev) then
+    if #prev <= 2 then return '100' end
+    return incr(string.sub(prev, 1, -3)) .. '00'
+  end
+  return now
 end
 local function str(n)
   return string.format('%.0f', n)
@@ -409,7 +437,12 @@ mod tests {
     fn fences_from_time() {
         assert_eq!(
             fence_from_time(1_764_578_644, 123_456),
-            1_764_578_644_123_456
+            176_457_864_412_345_600
+        );
+        assert_eq!(fence_from_time(1_764_578_644, 5), 176_457_864_400_000_500);
+        assert!(
+            fence_from_time(9_999_999_999, 999_999) < u64::MAX / 10,
+            "until the year 2286"
         );
     }
 }

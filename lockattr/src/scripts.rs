@@ -27,7 +27,7 @@ use crate::protocol::{fence_from_time, AttemptReply, ReleaseReply, LUA_PRELUDE};
 /// * `KEYS[1]` the lock
 /// * `ARGV[1]` token, `ARGV[2]` lease ms, `ARGV[3]` the token this contender registered with
 ///   earlier (`''` if none), `ARGV[4]` the lease ms a grant should give it
-/// * returns the fencing token (an integer) when taken with `ARGV[1]`; `{fence}` when a release
+/// * returns the fencing token (a string of digits) when taken with `ARGV[1]`; `{fence}` when a release
 ///   had granted the lock to `ARGV[3]` (its lease is now renewed to `ARGV[2]` from this call);
 ///   otherwise `{holder_pttl_ms, registered, foreign}`: `registered` is 1 when `ARGV[1]` is now
 ///   the registered waiter, `foreign` is 1 when the key holds a value lockattr did not write
@@ -36,8 +36,8 @@ use crate::protocol::{fence_from_time, AttemptReply, ReleaseReply, LUA_PRELUDE};
 /// Commands: 3 when taken (EVALSHA, TIME, SET), 5 or 6 when busy (EVALSHA, TIME, SET, GET,
 /// PTTL; SET to mark and register), 5 for a found grant (EVALSHA, TIME, SET, GET, PEXPIRE).
 const ACQUIRE_BODY: &str = r"
-local now = time_us()
-if redis.call('SET', KEYS[1], ARGV[1] .. '@' .. str(now), 'NX', 'PX', ARGV[2]) then
+local now, now_ms = clock()
+if redis.call('SET', KEYS[1], ARGV[1] .. '@' .. now, 'NX', 'PX', ARGV[2]) then
   return now
 end
 local owner, fence, mark, waiter, lease, since = parse(redis.call('GET', KEYS[1]))
@@ -46,9 +46,8 @@ if not owner then
 end
 if ARGV[3] ~= '' and owner == ARGV[3] and fence then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {tonumber(fence)}
+  return {fence}
 end
-local now_ms = math.floor(now / 1000)
 local registered = 0
 if not waiter or now_ms - since > lease / 2 then
   redis.call('SET', KEYS[1], head(owner, fence) .. '!' .. ARGV[1] .. ':' .. ARGV[4] .. ':' .. str(now_ms), 'KEEPTTL')
@@ -86,11 +85,11 @@ if not mark then
 end
 local channel = KEYS[1] .. ':released'
 if waiter and lease > 0 then
-  local now = time_us()
-  if math.floor(now / 1000) - since <= lease / 2 then
-    local f = fence_after(now, tonumber(fence))
-    redis.call('SET', KEYS[1], waiter .. '@' .. str(f) .. '!', 'PX', lease)
-    return 1 + redis.call('PUBLISH', channel, waiter .. ':' .. str(f))
+  local now, now_ms = clock()
+  if now_ms - since <= lease / 2 then
+    local f = fence_after(now, fence)
+    redis.call('SET', KEYS[1], waiter .. '@' .. f .. '!', 'PX', lease)
+    return 1 + redis.call('PUBLISH', channel, waiter .. ':' .. f)
   end
 end
 redis.call('DEL', KEYS[1])
@@ -104,7 +103,8 @@ return 1 + redis.call('PUBLISH', channel, '')
 /// * `KEYS[1]` the lock
 /// * `ARGV[1]` old token, `ARGV[2]` new token, `ARGV[3]` new lease ms, `ARGV[4]` the old
 ///   holder's fencing token
-/// * returns the new fencing token (above the old holder's), or `0` when the lock was not ours
+/// * returns the new fencing token (above the old holder's, a string of digits), or `0` when
+///   the lock was not ours
 ///
 /// Commands: 4 (EVALSHA, GET, TIME, SET), 2 when not ours.
 const HANDOFF_BODY: &str = r"
@@ -112,14 +112,16 @@ local owner, fence, mark = parse(redis.call('GET', KEYS[1]))
 if owner ~= ARGV[1] then
   return 0
 end
-local prev = math.max(tonumber(fence) or 0, tonumber(ARGV[4]))
-local f = fence_after(time_us(), prev)
-redis.call('SET', KEYS[1], ARGV[2] .. '@' .. str(f) .. (mark or ''), 'PX', ARGV[3])
+local prev = ARGV[4]
+if fence and above(fence, prev) then prev = fence end
+local f = fence_after(clock(), prev)
+redis.call('SET', KEYS[1], ARGV[2] .. '@' .. f .. (mark or ''), 'PX', ARGV[3])
 return f
 ";
 
 /// Extend the lease of a held lock (the lease upkeep's renewal, and `LockGuard::extend`), and
-/// record the holder's fencing token in a value that lacks it (a lock taken by the fast path).
+/// record the holder's fencing token in a value that lacks it (a lock taken by the fast path)
+/// or carries an earlier holder's (a local handover keeps the lock under one token).
 ///
 /// * `KEYS[1]` the lock
 /// * `ARGV[1]` token, `ARGV[2]` lease ms, `ARGV[3]` the holder's fencing token
@@ -131,7 +133,7 @@ local owner, fence, mark = parse(redis.call('GET', KEYS[1]))
 if owner ~= ARGV[1] then
   return 0
 end
-if not fence then
+if fence ~= ARGV[3] then
   redis.call('SET', KEYS[1], owner .. '@' .. ARGV[3] .. (mark or ''), 'PX', ARGV[2])
   return 1
 end
@@ -416,13 +418,12 @@ pub(crate) fn decode_plain(taken: &Value, time: (u64, u64)) -> AttemptReply {
 
 /// Decodes [`ACQUIRE_BODY`]'s reply.
 pub(crate) fn decode_acquire(reply: &Value) -> Result<AttemptReply, redis::RedisError> {
-    let fence = |v: i64| u64::try_from(v).ok().filter(|f| *f > 0);
     match reply {
-        Value::Int(f) => fence(*f)
+        Value::Int(_) | Value::BulkString(_) => decode_fence(reply)
             .map(|fence| AttemptReply::Taken { fence })
             .ok_or_else(|| unexpected("acquire", reply)),
         Value::Array(items) => match items.as_slice() {
-            [Value::Int(f)] => fence(*f)
+            [f @ (Value::Int(_) | Value::BulkString(_))] => decode_fence(f)
                 .map(|fence| AttemptReply::Granted { fence })
                 .ok_or_else(|| unexpected("acquire", reply)),
             [Value::Int(ttl), Value::Int(registered), Value::Int(foreign)] => {
@@ -436,6 +437,17 @@ pub(crate) fn decode_acquire(reply: &Value) -> Result<AttemptReply, redis::Redis
         },
         _ => Err(unexpected("acquire", reply)),
     }
+}
+
+/// A fencing token a script returned: a string of digits (or an integer); `None` for `0` or
+/// anything else.
+pub(crate) fn decode_fence(reply: &Value) -> Option<u64> {
+    let fence = match reply {
+        Value::Int(f) => u64::try_from(*f).ok()?,
+        Value::BulkString(digits) => std::str::from_utf8(digits).ok()?.parse().ok()?,
+        _ => return None,
+    };
+    (fence > 0).then_some(fence)
 }
 
 /// Decodes [`RELEASE_BODY`]'s reply.
@@ -478,11 +490,16 @@ mod tests {
     #[test]
     fn acquire_replies_decode() {
         assert_eq!(
-            decode_acquire(&Value::Int(1_764_578_644_123_456)).unwrap(),
+            decode_acquire(&Value::BulkString(b"176457864412345600".to_vec())).unwrap(),
             AttemptReply::Taken {
-                fence: 1_764_578_644_123_456
+                fence: 176_457_864_412_345_600
             }
         );
+        assert_eq!(
+            decode_acquire(&Value::Array(vec![Value::BulkString(b"7".to_vec())])).unwrap(),
+            AttemptReply::Granted { fence: 7 }
+        );
+        assert!(decode_acquire(&Value::BulkString(b"x".to_vec())).is_err());
         assert_eq!(
             decode_acquire(&Value::Array(vec![Value::Int(9)])).unwrap(),
             AttemptReply::Granted { fence: 9 }
@@ -523,7 +540,7 @@ mod tests {
         assert_eq!(
             decode_plain(&Value::Okay, (1_764_578_644, 5)),
             AttemptReply::Taken {
-                fence: 1_764_578_644_000_005
+                fence: 176_457_864_400_000_500
             }
         );
         assert!(matches!(

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::config::check_lease;
 use crate::key::RedisNames;
-use crate::lease::{LeaseClock, Loss, Phase};
+use crate::lease::{LeaseClock, Loss, Phase, Sent};
 use crate::observe;
 use crate::queue::Slot;
 use crate::store::Store;
@@ -62,7 +62,10 @@ pub(crate) struct Hold {
     pub(crate) names: Arc<RedisNames>,
     pub(crate) token: String,
     pub(crate) fence: u64,
+    /// See [`Start::chain`].
+    pub(crate) chain: u64,
     pub(crate) renew: bool,
+    gate: Option<Arc<Gate>>,
     state: Mutex<State>,
     /// Woken when the lock is lost.
     changed: Notify,
@@ -85,12 +88,43 @@ pub(crate) struct Start {
     pub(crate) names: Arc<RedisNames>,
     pub(crate) token: String,
     pub(crate) fence: u64,
-    /// When the command that set the lease was sent, and the lease it set.
-    pub(crate) sent_at: Instant,
-    pub(crate) set: Duration,
-    /// The lease renewals ask for, and whether to renew.
-    pub(crate) lease: Duration,
+    /// Local handovers since the store issued `fence` (see `release`): the hold's token is the
+    /// issued one plus this.
+    pub(crate) chain: u64,
+    /// Until when the lock is held, and the lease renewals ask for.
+    pub(crate) clock: LeaseClock,
+    /// Whether to renew.
     pub(crate) renew: bool,
+    /// For a local handover: opens when the check of the handover is done (see `release`).
+    pub(crate) gate: Option<Arc<Gate>>,
+}
+
+/// Holds back a handed-over lock's own commands to the store until the command that checks the
+/// handover was answered, so that they reach the store after it (its answer, not how redis-rs
+/// polls, orders them).
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    open: AtomicBool,
+    opened: Notify,
+}
+
+impl Gate {
+    pub(crate) fn open(&self) {
+        self.open.store(true, Ordering::Release);
+        self.opened.notify_waiters();
+    }
+
+    async fn passed(&self) {
+        loop {
+            let opened = self.opened.notified();
+            let mut opened = std::pin::pin!(opened);
+            opened.as_mut().enable();
+            if self.open.load(Ordering::Acquire) {
+                return;
+            }
+            opened.await;
+        }
+    }
 }
 
 impl fmt::Debug for Hold {
@@ -112,8 +146,8 @@ impl Hold {
         start: Start,
     ) -> Owned {
         slot.set_holder(&start.token, start.fence);
-        let clock = LeaseClock::new(start.sent_at, start.set, start.lease);
-        let next_renewal = clock.renewal_due(start.sent_at, false);
+        let clock = start.clock;
+        let next_renewal = clock.renewal_due(Instant::now(), false);
         let hold = Arc::new(Hold {
             store,
             scheduler,
@@ -121,7 +155,9 @@ impl Hold {
             names: start.names,
             token: start.token,
             fence: start.fence,
+            chain: start.chain,
             renew: start.renew,
+            gate: start.gate,
             state: Mutex::new(State {
                 clock,
                 slot: Some(slot),
@@ -146,6 +182,52 @@ impl Hold {
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    /// The lease renewals ask for.
+    pub(crate) fn lease(&self) -> Duration {
+        self.state().clock.lease()
+    }
+
+    /// Waits until this hold may send commands to the store (see [`Gate`]).
+    pub(crate) async fn ready(&self) {
+        if let Some(gate) = &self.gate {
+            gate.passed().await;
+        }
+    }
+
+    /// A command that sets the lease to `lease` is about to be sent (see `LeaseClock::send`);
+    /// `None` when the lock is not held any more.
+    pub(crate) fn begin(&self, lease: Duration) -> Option<(Sent, Instant)> {
+        let mut st = self.state();
+        let now = Instant::now();
+        self.expire_if_due(&mut st, now);
+        (st.clock.phase() == Phase::Held).then(|| (st.clock.send(now, lease), now))
+    }
+
+    /// The store answered the lease-setting command `sent` (sent at `sent_at`, for `lease`):
+    /// `true` if it still held the lock. Moves the deadline, or declares the loss.
+    pub(crate) fn answered(
+        self: &Arc<Self>,
+        sent: Sent,
+        sent_at: Instant,
+        lease: Duration,
+        ours: bool,
+    ) {
+        let mut st = self.state();
+        if st.clock.phase() != Phase::Held {
+            return;
+        }
+        if !ours {
+            st.clock.refused();
+            self.lost_now(&mut st, Loss::NotOurs);
+        } else if st.clock.confirmed(sent, sent_at, lease, Instant::now()) {
+            st.next_renewal = st.clock.renewal_due(sent_at, false);
+            let due = self.due(&st);
+            self.schedule(&mut st, due);
+        } else {
+            self.lost_now(&mut st, Loss::Expired);
+        }
     }
 
     /// `true` while the lock is held and its deadline has not passed.
@@ -244,11 +326,13 @@ impl Hold {
     }
 
     async fn renew_once(self: Arc<Self>) {
-        let (sent, lease) = {
+        self.ready().await;
+        let (sent, lease, sent_at) = {
             let mut st = self.state();
-            (st.clock.send(), st.clock.lease())
+            let lease = st.clock.lease();
+            let now = Instant::now();
+            (st.clock.send(now, lease), lease, now)
         };
-        let sent_at = Instant::now();
         let res = self
             .store
             .renew(
@@ -293,15 +377,17 @@ impl Hold {
     /// Sets the lease to `lease` from now (one round trip); later renewals keep it.
     pub(crate) async fn extend(self: &Arc<Self>, lease: Duration) -> Result<(), Error> {
         check_lease(lease, || "the extended lease".to_owned())?;
+        self.ready().await;
         let sent = {
             let mut st = self.state();
             self.expire_if_due(&mut st, Instant::now());
             if st.clock.phase() != Phase::Held {
                 return Err(self.lost_error());
             }
-            st.clock.send()
+            let now = Instant::now();
+            (st.clock.send(now, lease), now)
         };
-        let sent_at = Instant::now();
+        let (sent, sent_at) = sent;
         let res = self
             .store
             .renew(
@@ -346,16 +432,17 @@ impl Hold {
     }
 
     /// Ends the hold for a release or handover: stops the clock and the upkeep and returns the
-    /// local slot, or the loss when the lock is not held any more (the slot then went on when
-    /// the loss was declared).
-    pub(crate) fn end(&self) -> Result<HeldSlot, Loss> {
+    /// local slot and the clock as it stood, or the loss when the lock is not held any more (the
+    /// slot then went on when the loss was declared).
+    pub(crate) fn end(&self) -> Result<(HeldSlot, LeaseClock), Loss> {
         let mut st = self.state();
         let was_held = st.clock.phase() == Phase::Held;
+        let clock = st.clock;
         match st.clock.end(Instant::now()) {
             Ok(()) => {
                 self.unschedule(&mut st);
                 // The slot is only ever taken by `end` or a loss, and both end the clock.
-                Ok(st.slot.take().expect("a held lock has its slot"))
+                Ok((st.slot.take().expect("a held lock has its slot"), clock))
             }
             Err(loss) => {
                 if was_held {
@@ -425,7 +512,7 @@ impl Drop for Owned {
         let Some(hold) = self.0.take() else {
             return;
         };
-        if let Ok(slot) = hold.end() {
+        if let Ok((slot, _)) = hold.end() {
             hold.store
                 .spawn_release(hold.names.clone(), vec![hold.token.clone()], move || {
                     drop(slot)

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::acquire::{decide, Context, Decision, InFlight, Kind, Registration, Via};
 use crate::core::Core;
 use crate::key::RedisNames;
-use crate::lease;
+use crate::lease::{self, LeaseClock};
 use crate::observe;
 use crate::protocol::{grant_lease, Announcement};
 use crate::store::AttemptKind;
@@ -98,10 +98,10 @@ impl Request {
                 names: self.names.clone(),
                 token,
                 fence,
-                sent_at,
-                set,
-                lease: self.lease,
+                chain: 0,
+                clock: LeaseClock::new(sent_at, set, self.lease),
                 renew: self.renew,
+                gate: None,
             },
         );
         observe::acquired(&self.key, self.started.elapsed(), fence);

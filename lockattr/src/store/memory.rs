@@ -29,7 +29,7 @@ use super::AttemptKind;
 use crate::config::millis;
 use crate::key::RedisNames;
 use crate::protocol::{
-    registration_live, Announcement, AttemptReply, LockValue, Mark, ReleaseReply,
+    registration_live, Announcement, AttemptReply, LockValue, Mark, ReleaseReply, FENCE_SLOTS,
 };
 use crate::sync::lock;
 
@@ -99,10 +99,6 @@ impl Default for State {
 struct Entry {
     value: String,
     expires_at: Instant,
-    /// The fencing token of a lock taken by the fast path, whose value does not carry it (a
-    /// plain `SET` on Redis): the first renewal writes it into the value, as `RENEW_BODY`
-    /// writes the one its caller passes.
-    unrecorded_fence: Option<u64>,
 }
 
 impl MemoryStore {
@@ -159,10 +155,17 @@ impl State {
 
     /// The store's clock in microseconds, raised above the last token (`fence_after` in the
     /// scripts).
+    /// A fencing token as Redis issues them: the store's clock in microseconds times
+    /// [`FENCE_SLOTS`], and always a multiple of it above every earlier one (the numbers in
+    /// between are the acquisition's, for its local handovers).
     fn next_fence(&mut self, now: Instant) -> u64 {
         let since = u64::try_from(now.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
-        let clock = self.epoch_us.saturating_add(since);
-        self.fence = clock.max(self.fence + 1);
+        let clock = self
+            .epoch_us
+            .saturating_add(since)
+            .saturating_mul(FENCE_SLOTS);
+        let next_slot = (self.fence / FENCE_SLOTS + 1).saturating_mul(FENCE_SLOTS);
+        self.fence = clock.max(next_slot);
         self.fence
     }
 
@@ -175,23 +178,11 @@ impl State {
     }
 
     fn insert(&mut self, name: &str, value: String, lease: Duration, now: Instant) {
-        self.insert_entry(name, value, None, lease, now);
-    }
-
-    fn insert_entry(
-        &mut self,
-        name: &str,
-        value: String,
-        unrecorded_fence: Option<u64>,
-        lease: Duration,
-        now: Instant,
-    ) {
         self.locks.insert(
             name.to_owned(),
             Entry {
                 value,
                 expires_at: now + lease,
-                unrecorded_fence,
             },
         );
         // Expired entries nobody looks at again are swept when the map has doubled since the
@@ -252,7 +243,7 @@ impl MemoryView {
                 fence: (!plain).then_some(fence),
                 mark: Mark::None,
             };
-            st.insert_entry(name, value.render(), plain.then_some(fence), lease, now);
+            st.insert(name, value.render(), lease, now);
             return AttemptReply::Taken { fence };
         }
         let AttemptKind::Scripted {
@@ -366,28 +357,29 @@ impl MemoryView {
 
     /// See `RENEW_BODY` in `scripts` (the fencing token it records is the one the fast path
     /// issued, kept beside the value).
-    pub(crate) fn renew(&self, names: &RedisNames, token: &str, lease: Duration) -> bool {
+    pub(crate) fn renew(
+        &self,
+        names: &RedisNames,
+        token: &str,
+        fence: u64,
+        lease: Duration,
+    ) -> bool {
         let now = Instant::now();
         let mut st = self.state();
         let Some(entry) = st.live(names.lock(), now) else {
             return false;
         };
-        let recorded = match LockValue::parse(&entry.value) {
-            Some(v) if v.owner == token => match (v.fence, entry.unrecorded_fence) {
-                (None, Some(fence)) => Some(
-                    LockValue {
-                        fence: Some(fence),
-                        ..v
-                    }
-                    .render(),
-                ),
-                _ => None,
-            },
-            _ => return false,
+        let Some(v) = LockValue::parse(&entry.value).filter(|v| v.owner == token) else {
+            return false;
         };
-        if let Some(value) = recorded {
-            entry.value = value;
-            entry.unrecorded_fence = None;
+        // Records the holder's token when the value lacks it or carries an earlier holder's
+        // (a fast-path lock, a local handover), as `RENEW_BODY` does.
+        if v.fence != Some(fence) {
+            entry.value = LockValue {
+                fence: Some(fence),
+                ..v
+            }
+            .render();
         }
         entry.expires_at = now + lease;
         true
@@ -514,13 +506,13 @@ mod tests {
             AttemptReply::Busy { .. }
         ));
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(!store.renew(&n, A, lease), "expired");
+        assert!(!store.renew(&n, A, 1, lease), "expired");
         let AttemptReply::Taken { fence: second } = store.attempt(&n, B, lease, AttemptKind::Plain)
         else {
             panic!("an expired lock is taken")
         };
-        // The store's clock in microseconds: 100 ms later.
-        assert_eq!(second - first, 100_000);
+        // The store's clock in microseconds times 100: 100 ms later.
+        assert_eq!(second - first, 100_000 * FENCE_SLOTS);
     }
 
     #[tokio::test(start_paused = true)]
@@ -536,7 +528,7 @@ mod tests {
         store.attempt(&n, B, lease, scripted(None));
         let marked = store.inspect(&n).unwrap().0;
         assert!(marked.starts_with(&format!("{A}!{B}:")), "{marked}");
-        assert!(store.renew(&n, A, lease));
+        assert!(store.renew(&n, A, fence, lease));
         let renewed = store.inspect(&n).unwrap().0;
         assert!(
             renewed.starts_with(&format!("{A}@{fence}!{B}:")),
@@ -567,9 +559,10 @@ mod tests {
                 panic!("a free lock is taken")
             };
             assert!(fence > last, "{fence} after {last}");
+            assert_eq!(fence % FENCE_SLOTS, 0, "the store issues multiples of 100");
             last = fence;
         }
-        let held_since = u128::from(last);
+        let held_since = u128::from(last / FENCE_SLOTS);
         assert!(
             held_since.abs_diff(now_us) < 5_000_000,
             "{held_since} vs {now_us}"
@@ -604,7 +597,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(waiter.renew(&n, B, lease), "the waiter holds it");
+        assert!(waiter.renew(&n, B, 2, lease), "the waiter holds it");
         assert_eq!(waiter.release(&n, B), ReleaseReply::Released { woke: 1 });
     }
 

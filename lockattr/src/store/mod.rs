@@ -159,7 +159,7 @@ impl Store {
             Store::Redis(r) => r.renew(names, token, fence, lease, until).await,
             Store::Memory(m) => {
                 yield_like_a_round_trip().await;
-                Ok(m.renew(names, token, lease))
+                Ok(m.renew(names, token, fence, lease))
             }
         }
     }

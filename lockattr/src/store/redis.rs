@@ -281,18 +281,15 @@ impl RedisStore {
             .scripts
             .handoff(names, old_token, old_fence, new_token, lease);
         let Some((wait, n, timeout)) = self.wait_cmd() else {
-            let fence: u64 = self.conn.eval("handoff", &call, until).await?;
-            return Ok((fence > 0).then_some(fence));
+            let reply: Value = self.conn.eval("handoff", &call, until).await?;
+            return Ok(scripts::decode_fence(&reply));
         };
         let (reply, acked) = self.eval_and_wait("handoff", &call, wait, until).await?;
-        let fence = match reply {
-            Value::Int(f) => u64::try_from(f).unwrap_or(0),
-            _ => 0,
-        };
-        if fence > 0 && acked < n {
+        let fence = scripts::decode_fence(&reply);
+        if fence.is_some() && acked < n {
             return Err(self.not_replicated(names, n, acked, timeout).await);
         }
-        Ok((fence > 0).then_some(fence))
+        Ok(fence)
     }
 
     pub(crate) async fn withdraw(

@@ -102,7 +102,8 @@ async fn failovers_under_holders_and_waiters(replicas: Option<usize>) {
             (last_held, kept, holder.release().await)
         });
         // A waiter that keeps asking while the deployment fails over (calls fail with a Redis
-        // error while no master answers; see the crate docs).
+        // error while no master answers, and with `NotReplicated` while the promoted master's
+        // replicas are still resyncing; see the crate docs).
         let waiter = tokio::spawn({
             let b = b.clone();
             async move {
@@ -114,9 +115,11 @@ async fn failovers_under_holders_and_waiters(replicas: Option<usize>) {
                             drop(g);
                             return (entered, Ok(()));
                         }
-                        Err(e @ (Error::Redis(_) | Error::OperationTimeout { .. }))
-                            if started.elapsed() < Duration::from_secs(20) =>
-                        {
+                        Err(
+                            e @ (Error::Redis(_)
+                            | Error::OperationTimeout { .. }
+                            | Error::NotReplicated { .. }),
+                        ) if started.elapsed() < Duration::from_secs(20) => {
                             let _ = e;
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }

@@ -10,8 +10,12 @@ use lockattr_tests::RedisServer;
 
 use crate::support::*;
 
+/// A lock deleted behind its holder's back while a task of the same locker waits: the release
+/// hands it on inside the process (under the same token, nothing is sent) and checks it with
+/// Redis right after; the check finds it gone, so the holder's release reports `Lost` and the
+/// next task's guard is lost within that round trip. A new acquisition then takes a real lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handing_over_a_vanished_lock_reports_the_loss_and_the_next_task_takes_a_real_lock() {
+async fn handing_over_a_vanished_lock_reports_the_loss_to_both_holders() {
     let server = RedisServer::start();
     let a = locker(&server).await;
     let first = a.lock("gone").await.unwrap();
@@ -26,11 +30,13 @@ async fn handing_over_a_vanished_lock_reports_the_loss_and_the_next_task_takes_a
         .unwrap();
     let released = first.release().await;
     assert!(matches!(released, Err(Error::Lost { .. })), "{released:?}");
-    let g = next
+    let g = next.await.unwrap().expect("handed over");
+    tokio::time::timeout(Duration::from_secs(2), g.lost())
         .await
-        .unwrap()
-        .expect("the queued task takes the lock itself");
-    assert!(g.is_held());
+        .expect("the next holder learns at once that the lock it was handed is gone");
+    assert!(!g.is_held());
+    assert!(matches!(g.release().await, Err(Error::Lost { .. })));
+    let g = a.try_lock("gone").await.expect("the key is free");
     g.extend(Duration::from_secs(5))
         .await
         .expect("Redis agrees that it owns the key");
@@ -176,4 +182,79 @@ async fn a_handover_across_a_reconnect_never_orphans_the_lock() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The local handover's proof, shown: under a slow reply path the next task starts at once,
+/// with the next of the acquisition's fencing tokens, and when the link then stalls it is lost
+/// no later than the lease Redis holds, before another process can enter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_handover_starts_at_once_and_never_outlives_what_redis_holds() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(server.addr()).await;
+    let a = lockattr::Locker::builder(proxy.url())
+        .operation_timeout(Duration::from_secs(3))
+        .build()
+        .await
+        .unwrap();
+    let b = locker(&server).await;
+    let sent = Instant::now();
+    let holder = a.lock("local").lease(Duration::from_secs(1)).await.unwrap();
+    let first = holder.fencing_token();
+    let next = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let g = a.lock("local").lease(Duration::from_secs(1)).await.unwrap();
+            let got = Instant::now();
+            let token = g.fencing_token();
+            let mut last_held = got;
+            while g.is_held() && got.elapsed() < Duration::from_secs(5) {
+                last_held = Instant::now();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let released = g.release().await;
+            (got, token, last_held, released)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // queued
+    proxy.set_delay(
+        Direction::Replies,
+        Duration::from_millis(500),
+        Duration::ZERO,
+    );
+    let release_started = Instant::now();
+    let release = tokio::spawn(holder.release());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The link stalls altogether: nothing the next holder sends is answered.
+    proxy.stall(Direction::Both);
+    let entered = loop {
+        if let Ok(g) = b.try_lock("local").await {
+            let at = Instant::now();
+            drop(g);
+            break at;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "the lease runs out"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let (got, token, last_held, _) = next.await.unwrap();
+    proxy.clear();
+    let _ = release.await.unwrap();
+    assert!(
+        got.duration_since(release_started) < Duration::from_millis(100),
+        "started at once: {:?} after the release began",
+        got.duration_since(release_started)
+    );
+    assert_eq!(token, first + 1, "the next of the acquisition's tokens");
+    assert!(
+        last_held < entered,
+        "the next holder believed it held the lock {:?} after another process entered",
+        last_held.duration_since(entered)
+    );
+    assert!(
+        last_held.duration_since(sent) < Duration::from_secs(1),
+        "never past the lease Redis held: {:?}",
+        last_held.duration_since(sent)
+    );
 }
