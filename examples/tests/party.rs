@@ -1,5 +1,5 @@
 //! The party scenario end to end: real service processes, a real database (SQLite), a real
-//! `redis-server` started by the test.
+//! `redis-server` (or a Redis Cluster of 3 masters) started by the test.
 //!
 //! The locked run must admit exactly the capacity. The unlocked run is printed, not asserted:
 //! whether the race fires depends on scheduling (on a 2-core CI runner it usually does, but a
@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use lockattr_examples::party::demo::client::HttpClient;
 use lockattr_examples::party::demo::processes::{ServiceArgs, ServiceCommand, ServiceProcess};
+use lockattr_examples::party::demo::redis::RedisTarget;
 use lockattr_examples::party::demo::{
     run_scenario, sqlite_url, unique_namespace, Scenario, TempDir,
 };
 use lockattr_examples::party::error::ErrorBody;
 use lockattr_examples::party::http::{NewParticipant, NewParty};
 use lockattr_examples::party::{Participant, Party, PartyView};
+use lockattr_tests::cluster::RedisCluster;
 use lockattr_tests::RedisServer;
 
 /// The service the way the demo starts it: its own binary re-run as `party-demo serve`.
@@ -38,7 +40,7 @@ async fn locked_joins_admit_exactly_the_capacity() {
         processes: 2,
         think: Duration::from_millis(2),
         service: demo_serve(),
-        redis_url: redis.url(),
+        redis: RedisTarget::Server(redis.url()),
         database_url: None,
         lock_namespace: unique_namespace(),
         work_dir: dir.path().to_owned(),
@@ -98,7 +100,7 @@ async fn the_http_api_answers_with_the_documented_statuses() {
     let dir = TempDir::new("party-test").expect("temp dir");
     let args = ServiceArgs {
         database_url: sqlite_url(&dir.path().join("party.db")),
-        redis_url: redis.url(),
+        redis: RedisTarget::Server(redis.url()),
         lock_namespace: unique_namespace(),
         think: Duration::ZERO,
     };
@@ -265,5 +267,153 @@ fn the_demo_binary_reports_both_modes() {
         redis.keys().is_empty(),
         "keys left behind: {:?}",
         redis.keys()
+    );
+}
+
+/// A Redis Cluster of 3 masters (no replicas: nothing here fails over), started off the async
+/// runtime.
+async fn start_cluster() -> RedisCluster {
+    tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+        .await
+        .expect("start a Redis Cluster")
+}
+
+/// Lock commands a node ran: commands other than the harness's and the clients' own
+/// (connection set-up, topology, script loading, `INFO`).
+fn lock_commands(cluster: &RedisCluster, port: u16) -> Vec<(String, u64)> {
+    cluster
+        .command_counts(port)
+        .into_iter()
+        .filter(|(name, calls)| {
+            *calls > 0
+                && !(name == "info"
+                    || name == "hello"
+                    || name == "ping"
+                    || name.starts_with("client|")
+                    || name.starts_with("cluster|")
+                    || name.starts_with("config|")
+                    || name.starts_with("script|")
+                    || name == "readonly")
+        })
+        .collect()
+}
+
+/// The scenario with the lock on a Redis Cluster: the services build `Locker::cluster`, the
+/// party's lock lives on the master of its slot (and nowhere else), and the locked run admits
+/// exactly the capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_joins_on_a_cluster_admit_exactly_the_capacity() {
+    let cluster = start_cluster().await;
+    let dir = TempDir::new("party-test").expect("temp dir");
+    let scenario = Scenario {
+        capacity: 5,
+        requests: 60,
+        processes: 2,
+        think: Duration::from_millis(2),
+        service: demo_serve(),
+        redis: RedisTarget::Cluster(cluster.seed_urls()),
+        database_url: None,
+        lock_namespace: unique_namespace(),
+        work_dir: dir.path().to_owned(),
+    };
+    tokio::task::block_in_place(|| cluster.reset_stats());
+    let report = tokio::time::timeout(Duration::from_secs(60), run_scenario(&scenario))
+        .await
+        .expect("the scenario finishes within 60 s")
+        .expect("the scenario runs");
+    eprintln!("{}", report.unlocked.line());
+    eprintln!("{}", report.locked.line());
+
+    let locked = &report.locked;
+    assert_eq!(
+        locked.members, 5,
+        "the locked run on a cluster admits exactly the capacity"
+    );
+    assert_eq!(locked.accepted, 5, "every admitted join was answered 201");
+    assert_eq!(locked.full, 55, "every other join was answered 409");
+    assert_eq!(locked.no_answer, 0, "{:?}", locked.first_problem);
+    let unlocked = &report.unlocked;
+    assert_eq!(
+        unlocked.no_answer + unlocked.other_status,
+        0,
+        "{:?}",
+        unlocked.first_problem
+    );
+
+    // The lock was taken on the cluster, on the master of its slot only.
+    let lock_key = format!("{}:{{party:{}}}", scenario.lock_namespace, locked.party_id);
+    tokio::task::block_in_place(|| {
+        let master = cluster.master_for_key(&lock_key);
+        let on_master = lock_commands(&cluster, master);
+        eprintln!("lock commands on {master}, the master of {lock_key}: {on_master:?}");
+        assert!(
+            on_master.iter().any(|(name, _)| name == "set"),
+            "the lock was taken on {master}: {on_master:?}"
+        );
+        for port in cluster.masters().into_iter().filter(|&p| p != master) {
+            let other = lock_commands(&cluster, port);
+            assert!(
+                other.is_empty(),
+                "master {port} does not serve {lock_key} but ran {other:?}"
+            );
+        }
+        for port in cluster.ports() {
+            let broadcast = cluster.command_counts(port).get("publish").copied();
+            assert_eq!(broadcast.unwrap_or(0), 0, "no broadcast PUBLISH on {port}");
+            let left = lockattr_tests::cluster::info_field(
+                &redis::cmd("INFO")
+                    .arg("keyspace")
+                    .query::<String>(&mut cluster.conn(port))
+                    .expect("INFO keyspace"),
+                "db0",
+            )
+            .map(str::to_owned);
+            assert_eq!(left, None, "keys left on {port} after the run");
+        }
+    });
+}
+
+/// `party-demo --redis-cluster URL,URL`: the one-command demo on a cluster, through the flag.
+#[test]
+fn the_demo_binary_runs_on_a_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    let output = Command::new(env!("CARGO_BIN_EXE_party-demo"))
+        .args(["--capacity", "3", "--requests", "30", "--processes", "2"])
+        .arg("--redis-cluster")
+        .arg(cluster.seed_urls()[..2].join(","))
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run party-demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("--- stdout ---\n{stdout}--- stderr ---\n{stderr}");
+    assert!(
+        output.status.success(),
+        "party-demo failed: {}",
+        output.status
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("with lock: 3/3 joined")),
+        "no `with lock: 3/3 joined` line"
+    );
+    assert!(
+        stdout.contains("locks on a Redis Cluster"),
+        "the report names the cluster"
+    );
+    assert!(
+        stderr.contains("using the Redis Cluster at"),
+        "the demo used the given cluster"
+    );
+    let sets: u64 = cluster
+        .command_counts_by_node()
+        .values()
+        .filter_map(|c| c.get("set"))
+        .sum();
+    assert!(
+        sets >= 3,
+        "the locks were taken on the cluster ({sets} SETs)"
     );
 }

@@ -6,10 +6,12 @@
 //! is recorded as a [`Section`]: its key, its fencing token, when it entered and exited on the
 //! machine-wide monotonic clock ([`crate::clock`]), who ran it and how far its write got.
 //!
-//! The write is `MULTI; SET hist:counter:<key> <n+1>; RPUSH hist:writes:<key> <section id>;
+//! The write is `MULTI; SET hist:{<key>}:counter <n+1>; RPUSH hist:{<key>}:writes <section id>;
 //! EXEC`, so Redis itself keeps the list of the writes that landed, in the order they landed.
 //! That makes the count exact even for a section cancelled while its write was in flight
-//! (the runtime drops a body whose lock was lost): the log says whether it landed.
+//! (the runtime drops a body whose lock was lost): the log says whether it landed. Both keys
+//! share the hash tag `{<key>}`, which is also the lock's: on a Redis Cluster the transaction
+//! stays in one slot, on the master that holds the lock.
 //!
 //! [`check`] is a pure function of the records and the final Redis state ([`KeyState`]). Per
 //! key, with sections sorted by enter time, it requires:
@@ -25,6 +27,8 @@
 //! Each [`Violation`] names the sections involved with their times, so a report can be debugged
 //! without the raw files.
 
+pub mod conn;
+pub mod node_chaos;
 pub mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -81,28 +85,30 @@ pub struct Section {
 /// A key's counter and write log in Redis at the end of a history.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyState {
-    /// `GET hist:counter:<key>` (0 when absent).
+    /// `GET hist:{<key>}:counter` (0 when absent).
     pub counter: u64,
-    /// `LRANGE hist:writes:<key> 0 -1`: ids of the sections whose write landed, in order.
+    /// `LRANGE hist:{<key>}:writes 0 -1`: ids of the sections whose write landed, in order.
     pub writes: Vec<String>,
 }
 
-/// The Redis key of a history key's counter.
+/// The Redis key of a history key's counter: `hist:{<key>}:counter`, in the slot of the lock
+/// `<key>` (whose Redis key is `<namespace>:{<key>}` for keys that need no escaping).
 pub fn counter_key(key: &str) -> String {
-    format!("hist:counter:{key}")
+    format!("hist:{{{key}}}:counter")
 }
 
-/// The Redis key of a history key's write log.
+/// The Redis key of a history key's write log, `hist:{<key>}:writes` (same slot).
 pub fn writes_key(key: &str) -> String {
-    format!("hist:writes:{key}")
+    format!("hist:{{{key}}}:writes")
 }
 
-/// Reads the final [`KeyState`] of `keys` over a direct connection.
+/// Reads the final [`KeyState`] of `keys` over a direct connection: to the server, or a
+/// cluster connection (`redis::cluster::ClusterConnection`).
 ///
 /// # Errors
 /// Any Redis error.
 pub fn read_state(
-    conn: &mut redis::Connection,
+    conn: &mut impl redis::ConnectionLike,
     keys: &[String],
 ) -> redis::RedisResult<BTreeMap<String, KeyState>> {
     let mut out = BTreeMap::new();

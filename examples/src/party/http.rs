@@ -23,6 +23,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::db::Db;
+use super::demo::redis::RedisTarget;
 use super::error::AppError;
 use super::service::{Participant, Party, PartyService, PartyView};
 
@@ -100,8 +101,8 @@ pub struct ServiceConfig {
     pub bind: SocketAddr,
     /// `postgres://...`, `sqlite:...` or a SQLite file path.
     pub database_url: String,
-    /// The Redis holding the locks.
-    pub redis_url: String,
+    /// The Redis holding the locks: one server or a cluster.
+    pub redis: RedisTarget,
     /// Prefix of the lock keys in Redis (`<namespace>:{party:42}`).
     pub lock_namespace: String,
     /// Simulated work between the capacity check and the insert.
@@ -117,7 +118,7 @@ pub const LISTENING_PREFIX: &str = "party-service listening on http://";
 /// Runs the service until SIGINT/SIGTERM (or stdin EOF, if configured).
 ///
 /// Connects to the database and creates the schema, installs the process default
-/// [`lockattr::Locker`] (which `#[distributed_lock]` on [`PartyService::participate`] uses),
+/// [`lockattr::Locker`] (on one Redis, or `Locker::cluster` on a Redis Cluster; which `#[distributed_lock]` on [`PartyService::participate`] uses),
 /// binds, prints `party-service listening on http://<addr>` on stdout, and serves.
 ///
 /// # Errors
@@ -127,11 +128,13 @@ pub async fn serve(config: ServiceConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connect to the database at {}", config.database_url))?;
     db.ensure_schema().await.context("create the schema")?;
-    let locker = lockattr::Locker::builder(config.redis_url.clone())
+    let locker = config
+        .redis
+        .locker()
         .namespace(&config.lock_namespace)
         .build()
         .await
-        .with_context(|| format!("connect to Redis at {}", config.redis_url))?;
+        .with_context(|| format!("connect to Redis at {}", config.redis))?;
     lockattr::set_default(locker);
 
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -141,7 +144,7 @@ pub async fn serve(config: ServiceConfig) -> anyhow::Result<()> {
     tracing::info!(
         %addr,
         database = db.kind(),
-        redis = %config.redis_url,
+        redis = %config.redis,
         namespace = %config.lock_namespace,
         think_ms = config.think.as_millis(),
         "party-service ready"

@@ -13,7 +13,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use super::demo::options::millis;
-use super::demo::redis::DEFAULT_REDIS_URL;
+use super::demo::redis::{RedisTarget, DEFAULT_REDIS_URL};
 use super::http::{serve, ServiceConfig};
 
 /// The database a service started by hand uses by default.
@@ -41,6 +41,10 @@ pub struct ServiceOptions {
     /// Redis for the locks
     #[arg(long, value_name = "URL", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
+    /// Take the locks on a Redis Cluster instead (comma-separated URLs of some of its nodes);
+    /// --redis-url is then not used
+    #[arg(long, value_name = "URL,URL,..", value_delimiter = ',', num_args = 1)]
+    pub redis_cluster: Vec<String>,
     /// Prefix of the lock keys
     #[arg(long, value_name = "NS", default_value = "lock")]
     pub lock_namespace: String,
@@ -62,10 +66,20 @@ impl ServiceOptions {
                 value
             }
         };
+        let cluster: Vec<String> = self
+            .redis_cluster
+            .into_iter()
+            .filter(|url| !url.is_empty())
+            .collect();
+        let redis = if cluster.is_empty() {
+            RedisTarget::Server(or(self.redis_url, DEFAULT_REDIS_URL))
+        } else {
+            RedisTarget::Cluster(cluster)
+        };
         ServiceConfig {
             bind: self.bind,
             database_url: or(self.database_url, DEFAULT_DATABASE_URL),
-            redis_url: or(self.redis_url, DEFAULT_REDIS_URL),
+            redis,
             lock_namespace: self.lock_namespace,
             think: self.think,
             exit_on_stdin_eof: self.exit_on_stdin_eof,
@@ -120,6 +134,20 @@ mod tests {
         assert_eq!(o.lock_namespace, "ns");
         assert!(o.exit_on_stdin_eof);
         assert_eq!(o.think, Duration::ZERO);
+        let config = ServiceOptions::try_parse_from([
+            "party-service",
+            "--redis-cluster",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        ])
+        .expect("parses")
+        .into_config();
+        assert_eq!(
+            config.redis,
+            RedisTarget::Cluster(vec![
+                "redis://127.0.0.1:7000".to_owned(),
+                "redis://127.0.0.1:7001".to_owned()
+            ])
+        );
         let err = ServiceOptions::try_parse_from(["party-service", "--bind", "nowhere"])
             .unwrap_err()
             .to_string();

@@ -9,10 +9,11 @@
 //! `lockattr-test-worker hold <url> <key> <lease_ms>`: takes the lock with renewal on, prints
 //! `held <fencing token>`, then sleeps until killed (at most 60 s).
 //!
-//! `lockattr-test-worker history --process <n> --lock-urls <url,..> --direct-url <url> ...`:
-//! one process of a history test (see `lockattr_tests::history::worker` for the options, built
-//! by `WorkerConfig::to_args`). Prints `ready` once connected, waits for a line on stdin (at
-//! most 60 s), runs, writes its records to `--out`, prints `done <sections>`.
+//! `lockattr-test-worker history --process <n> --lock-urls <url,..> --direct-url <url> ...`
+//! (one server) or `... --cluster <seed url,..> ...` (a Redis Cluster): one process of a history
+//! test (see `lockattr_tests::history::worker` for the options, built by
+//! `WorkerConfig::to_args`). Prints `ready` once connected, waits for a line on stdin (at most
+//! 60 s), runs, writes its records to `--out`, prints `done <sections>`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

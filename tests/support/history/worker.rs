@@ -1,10 +1,13 @@
 //! One worker process of a history test (`lockattr-test-worker history ...`).
 //!
-//! The process builds its `Locker`s (all of them through the URLs it is given, normally a
-//! fault-injecting proxy), a direct connection for the counters (never through the proxy, so
-//! chaos cannot make a write ambiguous), and runs `lockers × tasks` tasks. Each task loops, for a
-//! bounded time and count: pick a key at random, run a critical section under the lock
-//! ([`LockMode::Lockattr`]: `locker.lock(key).lease(..).wait(..).run(..)`), record it.
+//! The process builds its `Locker`s and a connection for the counters ([`Target`]): on one
+//! redis-server the lockers go through the URLs they are given (normally a fault-injecting
+//! proxy) and the counters through a direct connection (never through the proxy, so chaos
+//! cannot make a write ambiguous); on a Redis Cluster the lockers are `Locker::cluster` and the
+//! counters use a cluster connection, both to the nodes themselves. Then it runs
+//! `lockers × tasks` tasks. Each task loops, for a bounded time and count: pick a key at random,
+//! run a critical section under the lock ([`LockMode::Lockattr`]:
+//! `locker.lock(key).lease(..).wait(..).run(..)`), record it.
 //!
 //! [`LockMode::Broken`] replaces the lock by a deliberately wrong one (`SET key token PX` without
 //! `NX`, tokens from a non-atomic read-then-write, release by plain `DEL`), so that a test can
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::conn::Direct;
 use super::{
     counter_key, format_section, writes_key, Outcome, Section, WorkerOutput, WorkerTally, Write,
     HEADER,
@@ -35,16 +39,35 @@ pub enum LockMode {
     Broken,
 }
 
+/// Where a worker's locks and counters live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One redis-server.
+    Server {
+        /// Redis URLs for the lockers; locker `i` uses `lock_urls[i % len]` (normally a
+        /// fault-injecting proxy per worker).
+        lock_urls: Vec<String>,
+        /// URL for the counters and write logs (not subject to chaos).
+        direct_url: String,
+    },
+    /// A Redis Cluster: every locker is `Locker::cluster(seeds)` and the counters go through a
+    /// cluster connection. A counter shares its lock's hash tag ([`counter_key`]), so it lives
+    /// on the lock's master: faults on that node hit the lock and the write alike, as they
+    /// would in a service.
+    Cluster {
+        /// Seed node URLs (`redis://host:port`).
+        seeds: Vec<String>,
+    },
+}
+
 /// Everything a worker needs; passed on its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
     /// This worker's number (part of every section id).
     pub process: u32,
-    /// Redis URLs for the lockers; locker `i` uses `lock_urls[i % len]`.
-    pub lock_urls: Vec<String>,
-    /// URL for the counters and write logs (not subject to chaos).
-    pub direct_url: String,
-    /// The lock keys (no tabs, commas or spaces).
+    /// Where the locks and counters live.
+    pub target: Target,
+    /// The lock keys (no tabs, commas, spaces or braces).
     pub keys: Vec<String>,
     /// Separately built `Locker`s in this process.
     pub lockers: u32,
@@ -87,8 +110,16 @@ impl WorkerConfig {
             args.push(value);
         };
         push("process", self.process.to_string());
-        push("lock-urls", self.lock_urls.join(","));
-        push("direct-url", self.direct_url.clone());
+        match &self.target {
+            Target::Server {
+                lock_urls,
+                direct_url,
+            } => {
+                push("lock-urls", lock_urls.join(","));
+                push("direct-url", direct_url.clone());
+            }
+            Target::Cluster { seeds } => push("cluster", seeds.join(",")),
+        }
         push("keys", self.keys.join(","));
         push("lockers", self.lockers.to_string());
         push("tasks", self.tasks.to_string());
@@ -154,10 +185,19 @@ impl WorkerConfig {
         let (permille, long_max) = get("long-hold")?
             .split_once(':')
             .ok_or("--long-hold is <per mille>:<max us>")?;
+        let (target, target_options) = if map.contains_key("cluster") {
+            let seeds = list("cluster")?;
+            (Target::Cluster { seeds }, 1)
+        } else {
+            let target = Target::Server {
+                lock_urls: list("lock-urls")?,
+                direct_url: get("direct-url")?.clone(),
+            };
+            (target, 2)
+        };
         let config = WorkerConfig {
             process: small("process")?,
-            lock_urls: list("lock-urls")?,
-            direct_url: get("direct-url")?.clone(),
+            target,
             keys: list("keys")?,
             lockers: small("lockers")?.max(1),
             tasks: small("tasks")?.max(1),
@@ -177,7 +217,7 @@ impl WorkerConfig {
             seed: num("seed")?,
             out: PathBuf::from(get("out")?),
         };
-        if map.len() != 15 {
+        if map.len() != 13 + target_options {
             return Err(format!("unknown options among {:?}", map.keys()));
         }
         Ok(config)
@@ -188,14 +228,14 @@ impl WorkerConfig {
 #[derive(Clone)]
 enum LockSide {
     Lockattr(lockattr::Locker),
-    Broken(redis::aio::MultiplexedConnection),
+    Broken(Direct),
 }
 
 /// A connected worker, ready to [`run`](Self::run).
 pub struct Worker {
     config: WorkerConfig,
     lockers: Vec<LockSide>,
-    direct: redis::aio::MultiplexedConnection,
+    direct: Direct,
 }
 
 impl std::fmt::Debug for Worker {
@@ -206,38 +246,44 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// A connection with a response timeout long enough for a loaded machine, short enough that
-/// nothing hangs.
-async fn connect(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    redis::Client::open(url)
-        .map_err(|e| e.to_string())?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| format!("connect to {url}: {e}"))
-}
-
 impl Worker {
     /// Builds the lockers and the direct connection.
     ///
     /// # Errors
     /// When Redis cannot be reached.
     pub async fn connect(config: WorkerConfig) -> Result<Worker, String> {
-        let direct = connect(&config.direct_url).await?;
+        let direct = match &config.target {
+            Target::Server { direct_url, .. } => Direct::server(direct_url).await?,
+            Target::Cluster { seeds } => Direct::cluster(seeds).await?,
+        };
         let mut lockers = Vec::new();
         for i in 0..config.lockers as usize {
-            let url = &config.lock_urls[i % config.lock_urls.len()];
-            lockers.push(match config.mode {
-                LockMode::Lockattr => LockSide::Lockattr(
-                    lockattr::Locker::builder(url.clone())
+            let (builder, direct) = match &config.target {
+                Target::Server { lock_urls, .. } => {
+                    let url = &lock_urls[i % lock_urls.len()];
+                    let direct = match config.mode {
+                        LockMode::Lockattr => None,
+                        LockMode::Broken => Some(Direct::server(url).await?),
+                    };
+                    (lockattr::Locker::builder(url.clone()), direct)
+                }
+                Target::Cluster { seeds } => {
+                    let direct = match config.mode {
+                        LockMode::Lockattr => None,
+                        LockMode::Broken => Some(Direct::cluster(seeds).await?),
+                    };
+                    (lockattr::Locker::cluster(seeds.clone()), direct)
+                }
+            };
+            lockers.push(match direct {
+                Some(conn) => LockSide::Broken(conn),
+                None => LockSide::Lockattr(
+                    builder
                         .default_wait(config.wait)
                         .build()
                         .await
-                        .map_err(|e| format!("build a Locker for {url}: {e}"))?,
+                        .map_err(|e| format!("build a Locker for {:?}: {e}", config.target))?,
                 ),
-                LockMode::Broken => LockSide::Broken(connect(url).await?),
             });
         }
         Ok(Worker {
@@ -303,7 +349,7 @@ pub fn write_output(path: &std::path::Path, out: &WorkerOutput) -> std::io::Resu
 struct Task {
     config: Arc<WorkerConfig>,
     side: LockSide,
-    direct: redis::aio::MultiplexedConnection,
+    direct: Direct,
     locker: u32,
     task: u32,
     rng: Rng,
@@ -428,14 +474,14 @@ impl Task {
     /// whatever is there.
     async fn broken(
         &self,
-        mut conn: redis::aio::MultiplexedConnection,
+        mut conn: Direct,
         key: &str,
         id: String,
         hold: Duration,
         slot: Slot,
     ) -> redis::RedisResult<Result<(), String>> {
-        let fence = format!("hist:broken:fence:{key}");
-        let lock = format!("hist:broken:lock:{key}");
+        let fence = format!("hist:{{{key}}}:broken-fence");
+        let lock = format!("hist:{{{key}}}:broken-lock");
         let last: Option<u64> = redis::cmd("GET").arg(&fence).query_async(&mut conn).await?;
         let token = last.unwrap_or(0) + 1;
         let () = redis::cmd("SET")
@@ -526,10 +572,12 @@ mod tests {
 
     #[test]
     fn config_round_trips_through_args() {
-        let config = WorkerConfig {
+        let mut config = WorkerConfig {
             process: 2,
-            lock_urls: vec!["redis://127.0.0.1:1".into(), "redis://127.0.0.1:2".into()],
-            direct_url: "redis://127.0.0.1:3".into(),
+            target: Target::Server {
+                lock_urls: vec!["redis://127.0.0.1:1".into(), "redis://127.0.0.1:2".into()],
+                direct_url: "redis://127.0.0.1:3".into(),
+            },
             keys: vec!["a".into(), "b".into()],
             lockers: 2,
             tasks: 3,
@@ -547,7 +595,18 @@ mod tests {
         };
         let args = config.to_args();
         assert_eq!(args[0], "history");
-        assert_eq!(WorkerConfig::from_args(&args[1..]), Ok(config));
+        assert_eq!(WorkerConfig::from_args(&args[1..]), Ok(config.clone()));
         assert!(WorkerConfig::from_args(&["--process".to_owned()]).is_err());
+
+        config.target = Target::Cluster {
+            seeds: vec!["redis://127.0.0.1:4".into(), "redis://127.0.0.1:5".into()],
+        };
+        let args = config.to_args();
+        assert!(!args.contains(&"--direct-url".to_owned()), "{args:?}");
+        assert_eq!(WorkerConfig::from_args(&args[1..]), Ok(config));
+        // A cluster worker has no proxy URLs: mixing both is refused.
+        let mut mixed = args[1..].to_vec();
+        mixed.extend(["--direct-url".to_owned(), "redis://127.0.0.1:3".to_owned()]);
+        assert!(WorkerConfig::from_args(&mixed).is_err());
     }
 }

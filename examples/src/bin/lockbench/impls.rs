@@ -1,7 +1,10 @@
 //! The lock implementations under test, behind one small object-safe interface.
 //!
 //! Every implementation talks to Redis through redis-rs `MultiplexedConnection`s, the client
-//! stack lockattr uses, so the numbers compare lock algorithms rather than clients.
+//! stack lockattr uses, so the numbers compare lock algorithms rather than clients. A URL of
+//! the form `cluster:<url>,<url>,..` means a Redis Cluster with those seed nodes: lockattr is
+//! then `Locker::cluster`, the token locks use redis-rs's async cluster connection (which
+//! lockattr uses there too), and rslock, which has no cluster support, is unavailable.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
 
 use crate::clock::{now_ns, Rng};
 
@@ -88,8 +92,21 @@ impl Kind {
 /// Lease used by every implementation: long enough that no lease expires during a run.
 pub const LEASE: Duration = Duration::from_secs(5);
 
-/// Builds an implementation connected to `url`.
+/// The seed URLs of a `cluster:<url>,<url>,..` URL; `None` for one server.
+pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    url.strip_prefix("cluster:")
+        .map(|seeds| seeds.split(',').map(str::to_owned).collect())
+}
+
+/// Builds an implementation connected to `url` (one server, or `cluster:<seeds>`).
 pub async fn build(kind: Kind, url: &str) -> Result<Arc<dyn LockImpl>> {
+    if cluster_seeds(url).is_some() && matches!(kind, Kind::Rslock | Kind::Rslock2ms) {
+        bail!("{} has no Redis Cluster support", kind.label());
+    }
+    if cluster_seeds(url).is_some() && kind == Kind::FencedFloor {
+        // Its fence key has no hash tag in common with the lock key.
+        bail!("the fenced floor's two keys are in different cluster slots");
+    }
     Ok(match kind {
         Kind::Raw => Arc::new(TokenLock::connect(url, None, false).await?),
         Kind::FencedFloor => Arc::new(TokenLock::connect(url, None, true).await?),
@@ -141,7 +158,7 @@ return 0
 /// `delay + rand(0..jitter)` between tries (the spin lock). `fenced` swaps in the scripts of
 /// [`Kind::FencedFloor`].
 struct TokenLock {
-    conn: MultiplexedConnection,
+    conn: AnyConn,
     acquire: Option<redis::Script>,
     release: Arc<redis::Script>,
     retry: Option<(Duration, Duration)>,
@@ -150,11 +167,7 @@ struct TokenLock {
 
 impl TokenLock {
     async fn connect(url: &str, retry: Option<(Duration, Duration)>, fenced: bool) -> Result<Self> {
-        let client = redis::Client::open(url)?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .context("connect")?;
+        let mut conn = AnyConn::connect(url).await?;
         let release = redis::Script::new(if fenced {
             PUBLISHING_RELEASE
         } else {
@@ -238,7 +251,7 @@ impl LockImpl for TokenLock {
 }
 
 struct TokenHeld {
-    conn: MultiplexedConnection,
+    conn: AnyConn,
     release: Arc<redis::Script>,
     key: String,
     token: String,
@@ -263,6 +276,64 @@ impl Held for TokenHeld {
             }
             Ok(())
         })
+    }
+}
+
+/// A connection to one server or to a cluster (every command to its key's master).
+#[derive(Clone)]
+pub enum AnyConn {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl AnyConn {
+    /// Connects to `url` (one server, or `cluster:<seeds>`).
+    pub async fn connect(url: &str) -> Result<AnyConn> {
+        Ok(match cluster_seeds(url) {
+            None => AnyConn::Server(
+                redis::Client::open(url)?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .context("connect")?,
+            ),
+            Some(seeds) => AnyConn::Cluster(
+                redis::cluster::ClusterClient::new(seeds)?
+                    .get_async_connection()
+                    .await
+                    .context("connect to the cluster")?,
+            ),
+        })
+    }
+}
+
+impl ConnectionLike for AnyConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            AnyConn::Server(c) => c.req_packed_command(cmd),
+            AnyConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            AnyConn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConn::Server(c) => c.get_db(),
+            AnyConn::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -307,5 +378,22 @@ impl Held for RsHeld {
             self.0.release().await;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_their_seeds() {
+        assert_eq!(cluster_seeds("redis://127.0.0.1:6379"), None);
+        assert_eq!(
+            cluster_seeds("cluster:redis://127.0.0.1:7000,redis://127.0.0.1:7001"),
+            Some(vec![
+                "redis://127.0.0.1:7000".to_owned(),
+                "redis://127.0.0.1:7001".to_owned()
+            ])
+        );
     }
 }

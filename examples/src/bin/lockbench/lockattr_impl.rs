@@ -11,10 +11,18 @@ struct Lockattr {
     locker: lockattr::Locker,
 }
 
-/// A `Locker` on `url` with namespace `bench` and the bench's lease.
+/// The namespace of the bench's locks: lock `k` is the Redis key `bench:{k}`.
+pub const NAMESPACE: &str = "bench";
+
+/// A `Locker` on `url` (one server, or `cluster:<seeds>` for `Locker::cluster`) with
+/// namespace `bench` and the bench's lease.
 pub async fn build(url: &str) -> Result<Arc<dyn LockImpl>> {
-    let locker = lockattr::Locker::builder(url)
-        .namespace("bench")
+    let builder = match crate::impls::cluster_seeds(url) {
+        Some(seeds) => lockattr::Locker::cluster(seeds),
+        None => lockattr::Locker::builder(url),
+    };
+    let locker = builder
+        .namespace(NAMESPACE)
         .default_lease(LEASE)
         .build()
         .await?;

@@ -17,13 +17,19 @@
 //!    two (the bench re-executes itself with a hidden `worker` subcommand), with 0 ms bodies
 //!    (handoff latency) and 1 ms bodies (throughput): handoff p50/mean/p99, acquisitions/s, Redis
 //!    commands per acquisition, p99 wait, exclusion violations;
+//! 5. lockattr on a Redis Cluster of 3 masters the bench starts, next to one server: the
+//!    uncontended, new-key and a few contended scenarios, with Redis commands per acquisition
+//!    summed over every node and split by node (see `cluster`);
 //!
 //! and prints markdown tables and a PASS/MISS list against the targets (`--plot` also draws the
 //! latency distributions). Every loop is bounded by a count and a deadline; the full run takes
 //! about 2 min on 2 cores, `--quick` about 40 s. BENCHMARKS.md explains every number.
 
 mod clock;
+mod cluster;
+mod cluster_report;
 mod contended;
+mod deploy;
 mod flights;
 mod footprint;
 mod impls;
@@ -46,6 +52,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lockattr_tests::RedisServer;
 
 use crate::contended::{analyze, run_tasks, BodyMode, TaskParams};
+use crate::deploy::{sum_nodes, Deploy};
 use crate::flights::FlightCounter;
 use crate::impls::{build, Kind, LockImpl};
 use crate::procs::{run_workers, WorkerArgs};
@@ -123,31 +130,35 @@ enum Scenario {
     OneProc,
     /// One key, W waiters over two processes, forced handoffs
     TwoProc,
+    /// lockattr on a Redis Cluster of 3 masters (started by the bench) next to one server:
+    /// uncontended, new keys, contended; Redis commands by node
+    Cluster,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::NewKeys,
         Scenario::Distinct,
         Scenario::NewKeys64,
         Scenario::Footprint,
         Scenario::OneProc,
         Scenario::TwoProc,
+        Scenario::Cluster,
     ];
 }
 
 /// Iteration counts and time bounds.
 #[derive(Debug)]
-struct Plan {
-    rounds: usize,
-    batch: usize,
-    counted_cycles: usize,
-    distinct_tasks: usize,
-    distinct_duration: Duration,
-    footprint_keys: u64,
-    contended_duration: Duration,
-    max_acquisitions: u64,
-    body_mode: BodyMode,
+pub struct Plan {
+    pub rounds: usize,
+    pub batch: usize,
+    pub counted_cycles: usize,
+    pub distinct_tasks: usize,
+    pub distinct_duration: Duration,
+    pub footprint_keys: u64,
+    pub contended_duration: Duration,
+    pub max_acquisitions: u64,
+    pub body_mode: BodyMode,
 }
 
 impl Plan {
@@ -253,7 +264,19 @@ fn run(opts: Options) -> Result<()> {
             0
         }
         + if wants(Scenario::Footprint) { n + 2 } else { 0 }
-        + contended_kinds.len() as u64 * procs.len() as u64 * 4;
+        + contended_kinds.len() as u64 * procs.len() as u64 * 4
+        + if wants(Scenario::Cluster) && has(Kind::Lockattr) {
+            // The contended twins the main table will lack are measured in the cluster section.
+            let main_twins = cluster::CONTENDED
+                .iter()
+                .filter(|&&(p, _, _)| {
+                    procs.contains(&p) && contended_kinds.contains(&Kind::Lockattr)
+                })
+                .count();
+            cluster::steps(cluster::CONTENDED.len() - main_twins)
+        } else {
+            0
+        };
     let mut progress = Progress::new(steps);
 
     progress.step("PING, raw floor and uncontended lock+release on a reused key");
@@ -322,9 +345,16 @@ fn run(opts: Options) -> Result<()> {
                         body.as_micros()
                     ));
                     let row = if procs == 1 {
-                        contended_in_process(&rt, &server, kind, waiters, body, &plan)
+                        contended_in_process(
+                            &rt,
+                            Deploy::Server(&server),
+                            kind,
+                            waiters,
+                            body,
+                            &plan,
+                        )
                     } else {
-                        contended_two_procs(&server, kind, waiters, body, &plan)
+                        contended_two_procs(Deploy::Server(&server), kind, waiters, body, &plan)
                     };
                     match row {
                         Ok(row) => contended.push(row),
@@ -342,6 +372,23 @@ fn run(opts: Options) -> Result<()> {
             }
         }
     }
+
+    let cluster = if wants(Scenario::Cluster) && has(Kind::Lockattr) && has(Kind::Raw) {
+        match cluster::run(&rt, &server, &plan, &contended, &mut progress) {
+            Ok(report) => Some(report),
+            Err(e) => {
+                let note = format!("the Redis Cluster rows failed: {e:#}");
+                progress.note(&note);
+                notes.push(note);
+                None
+            }
+        }
+    } else {
+        if wants(Scenario::Cluster) {
+            notes.push("the Redis Cluster rows need the raw floor and lockattr".to_owned());
+        }
+        None
+    };
 
     let mut footprints = Vec::new();
     if wants(Scenario::Footprint) {
@@ -389,6 +436,7 @@ fn run(opts: Options) -> Result<()> {
         footprints,
         peak,
         contended,
+        cluster,
         notes,
     };
     let text = report.render();
@@ -405,7 +453,7 @@ fn run(opts: Options) -> Result<()> {
 
 /// Rounds of the 64-task scenarios: every implementation runs once per round, in turn, so that
 /// a change of machine load hits every row alike (the scenario is CPU-bound on 2 cores).
-const DISTINCT_ROUNDS: u64 = 3;
+pub const DISTINCT_ROUNDS: u64 = 3;
 
 /// `plan.distinct_tasks` tasks on distinct keys, every implementation for
 /// `plan.distinct_duration` in all, split over [`DISTINCT_ROUNDS`] interleaved rounds.
@@ -438,7 +486,7 @@ fn distinct_scenario(
             round + 1
         ));
         for ((kind, imp), out) in impls.iter().zip(&mut rounds) {
-            let redis_before = redis_cpu_ns(server);
+            let redis_before = Deploy::Server(server).redis_cpu_ns();
             let mut r = rt.block_on(simple::distinct_keys(
                 *kind,
                 imp.clone(),
@@ -447,7 +495,7 @@ fn distinct_scenario(
                 plan.distinct_tasks,
                 per_round,
             ));
-            r.redis_cpu_ns = match (redis_before, redis_cpu_ns(server)) {
+            r.redis_cpu_ns = match (redis_before, Deploy::Server(server).redis_cpu_ns()) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
             };
@@ -524,26 +572,28 @@ fn count_scenario(
     Ok(sequential)
 }
 
-fn run_key(kind: Kind, procs: u32, waiters: u32, body: Duration) -> String {
+pub fn run_key(kind: Kind, procs: u32, waiters: u32, body: Duration) -> String {
     format!("c-{}-{procs}p-{waiters}w-{}us", kind.id(), body.as_micros())
 }
 
-fn lock_commands(counts: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+/// Commands of the lock itself: without the harness's and the clients' own.
+pub fn lock_commands(counts: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     counts
         .into_iter()
         .filter(|(name, calls)| !is_harness_command(name) && *calls > 0)
         .collect()
 }
 
-fn contended_in_process(
+/// W tasks of this process on one key of `deploy` (see `contended`).
+pub fn contended_in_process(
     rt: &tokio::runtime::Runtime,
-    server: &RedisServer,
+    deploy: Deploy<'_>,
     kind: Kind,
     waiters: u32,
     body: Duration,
     plan: &Plan,
 ) -> Result<ContendedRow> {
-    let url = server.url();
+    let url = deploy.url();
     let key = run_key(kind, 1, waiters, body);
     let imp = rt.block_on(async {
         let imp = build(kind, &url).await?;
@@ -554,13 +604,13 @@ fn contended_in_process(
             .await?;
         anyhow::Ok(imp)
     })?;
-    server.reset_stats();
+    deploy.reset_stats();
     let deadline_ns =
         clock::now_ns() + u64::try_from(plan.contended_duration.as_nanos()).unwrap_or(u64::MAX);
     let outcome = rt.block_on(run_tasks(
         imp.clone(),
         TaskParams {
-            key,
+            key: key.clone(),
             tasks: waiters,
             max_acquisitions: plan.max_acquisitions,
             deadline_ns,
@@ -569,21 +619,24 @@ fn contended_in_process(
             proc_id: 0,
         },
     ));
-    let commands = lock_commands(server.command_counts());
+    let by_node = deploy.counts_by_node();
     rt.block_on(async move { drop(imp) });
     Ok(ContendedRow {
         kind,
         procs: 1,
         waiters,
         body,
+        key,
         a: analyze(outcome.records, outcome.inside_violations, deadline_ns),
-        commands,
+        commands: lock_commands(sum_nodes(&by_node)),
+        by_node,
         errors: outcome.errors,
     })
 }
 
-fn contended_two_procs(
-    server: &RedisServer,
+/// W/2 tasks in each of two worker processes on one key of `deploy`.
+pub fn contended_two_procs(
+    deploy: Deploy<'_>,
     kind: Kind,
     waiters: u32,
     body: Duration,
@@ -592,7 +645,7 @@ fn contended_two_procs(
     let key = run_key(kind, 2, waiters, body);
     let args: Vec<WorkerArgs> = (0..2u32)
         .map(|proc_id| WorkerArgs {
-            url: server.url(),
+            url: deploy.url(),
             kind,
             key: key.clone(),
             tasks: waiters / 2,
@@ -602,19 +655,21 @@ fn contended_two_procs(
             proc_id,
         })
         .collect();
-    let (outcome, counts, deadline_ns) = run_workers(
+    let (outcome, by_node, deadline_ns) = run_workers(
         &args,
         plan.contended_duration,
-        || server.reset_stats(),
-        || server.command_counts(),
+        || deploy.reset_stats(),
+        || deploy.counts_by_node(),
     )?;
     Ok(ContendedRow {
         kind,
         procs: 2,
         waiters,
         body,
+        key,
         a: analyze(outcome.records, outcome.inside_violations, deadline_ns),
-        commands: lock_commands(counts),
+        commands: lock_commands(sum_nodes(&by_node)),
+        by_node,
         errors: outcome.errors,
     })
 }
@@ -627,22 +682,6 @@ fn git_commit() -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|| "unknown (no commit yet)".to_owned())
-}
-
-/// redis-server's CPU time so far (`used_cpu_sys + used_cpu_user` from `INFO cpu`), in ns.
-fn redis_cpu_ns(server: &RedisServer) -> Option<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query(&mut server.conn())
-        .ok()?;
-    let field = |name: &str| -> Option<f64> {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some(((field("used_cpu_sys")? + field("used_cpu_user")?) * 1e9) as u64)
 }
 
 fn redis_version(server: &RedisServer) -> String {
@@ -742,5 +781,11 @@ mod tests {
             vec![Scenario::NewKeys, Scenario::Footprint]
         );
         assert!(Cli::try_parse_from(["lockbench", "--scenarios", "everything"]).is_err());
+        let cli = Cli::try_parse_from(["lockbench", "--scenarios", "cluster"]).expect("parses");
+        assert_eq!(cli.options.scenarios, vec![Scenario::Cluster]);
+        assert!(
+            Scenario::ALL.contains(&Scenario::Cluster),
+            "a full run includes the cluster rows"
+        );
     }
 }

@@ -25,9 +25,14 @@ pub struct ContendedRow {
     pub procs: u32,
     pub waiters: u32,
     pub body: Duration,
+    /// The lock's name (the Redis key is the implementation's: `bench:{key}` for lockattr).
+    pub key: String,
     pub a: Analysis,
-    /// Redis commands (Lua-internal calls included) by name, harness commands removed.
+    /// Redis commands (Lua-internal calls included) by name, harness commands removed, summed
+    /// over all nodes.
     pub commands: BTreeMap<String, u64>,
+    /// Every command by node (port), harness commands included.
+    pub by_node: crate::deploy::CountsByNode,
     pub errors: Vec<String>,
 }
 
@@ -47,7 +52,7 @@ impl ContendedRow {
     }
 }
 
-fn body_label(body: Duration) -> String {
+pub fn body_label(body: Duration) -> String {
     if body.is_zero() {
         "0".to_owned()
     } else {
@@ -71,17 +76,19 @@ pub struct Report {
     pub footprints: Vec<Footprint>,
     pub peak: Option<Peak>,
     pub contended: Vec<ContendedRow>,
+    /// The Redis Cluster rows.
+    pub cluster: Option<crate::cluster::ClusterReport>,
     pub notes: Vec<String>,
 }
 
-fn ratio(a: Option<u64>, b: Option<u64>) -> Option<f64> {
+pub fn ratio(a: Option<u64>, b: Option<u64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b > 0 => Some(a as f64 / b as f64),
         _ => None,
     }
 }
 
-fn opt(v: Option<f64>, digits: usize) -> String {
+pub fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".to_owned(), |v| format!("{v:.digits$}"))
 }
 
@@ -146,6 +153,9 @@ impl Report {
             render_sequential_commands(&mut s, seq);
         }
         self.render_commands(&mut s);
+        if let Some(cluster) = &self.cluster {
+            crate::cluster_report::render(&mut s, cluster, &self.contended);
+        }
         if !self.notes.is_empty() {
             let _ = writeln!(s, "### Notes\n");
             for n in &self.notes {
@@ -572,17 +582,7 @@ impl Report {
                 format!("{} vs {} ({}×)", us(lf), us(pf), opt(ratio(lf, pf), 2)),
             );
         }
-        let _ = writeln!(s, "### Targets (lockattr)\n");
-        let _ = writeln!(s, "| target | measured | ratio / value | limit | result |");
-        let _ = writeln!(s, "|---|---|---:|---:|---|");
-        for line in &t.lines {
-            let _ = writeln!(s, "{line}");
-        }
-        let _ = writeln!(
-            s,
-            "\n{} PASS, {} MISS, {} not measured\n",
-            t.pass, t.miss, t.missing
-        );
+        t.render(s, "Targets (lockattr)");
     }
 
     fn render_commands(&self, s: &mut String) {
@@ -637,7 +637,7 @@ impl Report {
     }
 }
 
-fn keys_title(keys: Keys) -> &'static str {
+pub fn keys_title(keys: Keys) -> &'static str {
     match keys {
         Keys::Reused => "one key, reused every cycle",
         Keys::Fresh => "a new key every cycle (first use of each key)",
@@ -767,8 +767,9 @@ pub fn bytes(b: i64) -> String {
     }
 }
 
+/// A PASS/MISS table.
 #[derive(Default)]
-struct Targets {
+pub struct Targets {
     lines: Vec<String>,
     pass: usize,
     miss: usize,
@@ -776,8 +777,30 @@ struct Targets {
 }
 
 impl Targets {
+    /// The table under a `### title` heading, with its tally.
+    pub fn render(&self, s: &mut String, title: &str) {
+        let _ = writeln!(s, "### {title}\n");
+        let _ = writeln!(s, "| target | measured | ratio / value | limit | result |");
+        let _ = writeln!(s, "|---|---|---:|---:|---|");
+        for line in &self.lines {
+            let _ = writeln!(s, "{line}");
+        }
+        let _ = writeln!(
+            s,
+            "\n{} PASS, {} MISS, {} not measured\n",
+            self.pass, self.miss, self.missing
+        );
+    }
+
     /// `upper`: the value must be ≤ `limit` (else ≥ `limit`).
-    fn check(&mut self, name: &str, measured: String, value: Option<f64>, limit: f64, upper: bool) {
+    pub fn check(
+        &mut self,
+        name: &str,
+        measured: String,
+        value: Option<f64>,
+        limit: f64,
+        upper: bool,
+    ) {
         let (cell, result) = match value {
             None => ("–".to_owned(), "not measured"),
             Some(v) => {
@@ -803,7 +826,7 @@ impl Targets {
             .push(format!("| {name} | {measured} | – | ≤ {limit} | MISS |"));
     }
 
-    fn info(&mut self, name: &str, measured: String) {
+    pub fn info(&mut self, name: &str, measured: String) {
         self.lines
             .push(format!("| {name} | {measured} | | | info |"));
     }

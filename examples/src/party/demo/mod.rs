@@ -1,6 +1,7 @@
 //! The demo driver: the seed scenario, end to end, with and without the lock.
 //!
-//! [`run_demo`] is the `party-demo` binary: it finds Redis (or starts a throwaway one), then
+//! [`run_demo`] is the `party-demo` binary: it finds Redis (or starts a throwaway one, or uses
+//! the Redis Cluster given with `--redis-cluster`), then
 //! [`run_scenario`] starts the service processes on free ports over one database, creates a
 //! party, fires the joins at all processes at once, reads the party back, and does it again
 //! with the lock. The integration test calls [`run_scenario`] directly.
@@ -26,7 +27,7 @@ use tokio::task::JoinSet;
 use self::client::HttpClient;
 use self::options::DemoOptions;
 use self::processes::{ServiceArgs, ServiceCommand, ServiceProcess};
-use self::redis::RedisSource;
+use self::redis::{RedisSource, RedisTarget};
 use self::report::{format_duration, ModeReport, Outcome};
 use super::db::Db;
 use super::http::{NewParticipant, NewParty};
@@ -53,8 +54,8 @@ pub struct Scenario {
     pub think: Duration,
     /// What runs one service process (`party-demo serve`, or the `party-service` binary).
     pub service: ServiceCommand,
-    /// The Redis for the locks.
-    pub redis_url: String,
+    /// The Redis for the locks: one server or a cluster.
+    pub redis: RedisTarget,
     /// `postgres://...`; `None` for a SQLite file in `work_dir`.
     pub database_url: Option<String>,
     /// Lock namespace, unique to this run so that runs sharing a Redis do not interfere.
@@ -101,7 +102,7 @@ pub async fn run_scenario(scenario: &Scenario) -> anyhow::Result<ScenarioReport>
 
     let args = ServiceArgs {
         database_url,
-        redis_url: scenario.redis_url.clone(),
+        redis: scenario.redis.clone(),
         lock_namespace: scenario.lock_namespace.clone(),
         think: scenario.think,
     };
@@ -286,7 +287,14 @@ async fn run_mode(
         );
     }
     let view: PartyView = response.json()?;
-    let report = ModeReport::new(locked, view.capacity, view.members, &outcomes, wall);
+    let report = ModeReport::new(
+        party.id,
+        locked,
+        view.capacity,
+        view.members,
+        &outcomes,
+        wall,
+    );
     progress(format_args!(
         "{label}: all {} answered in {}; the party has {} members",
         report.requests,
@@ -374,13 +382,31 @@ impl Drop for TempDir {
 /// unexpected error, or the scenario failed (also when the running executable, which the
 /// demo re-runs as `serve` for its service processes, cannot be located); 2 no Redis.
 pub async fn run_demo(options: DemoOptions) -> ExitCode {
-    let redis_url = options.redis_url.clone();
-    progress(format_args!("looking for Redis at {redis_url}"));
-    let redis = match redis::find_or_start(&redis_url).await {
-        Ok(redis) => redis,
-        Err(e) => {
-            eprintln!("party-demo: {e}");
-            return ExitCode::from(2);
+    let redis = match options.cluster() {
+        Some(seeds) => {
+            let target = RedisTarget::Cluster(seeds.to_vec());
+            progress(format_args!("using {target}"));
+            // A cluster is the user's own: no throwaway one is started in its place.
+            if let Err(reason) = redis::ping_cluster(seeds).await {
+                eprintln!(
+                    "party-demo: no Redis Cluster answered at {} ({reason}); start one or pass \
+                     the URLs of its nodes, and run the demo again",
+                    seeds.join(",")
+                );
+                return ExitCode::from(2);
+            }
+            RedisSource::Existing { target }
+        }
+        None => {
+            let redis_url = options.redis_url.clone();
+            progress(format_args!("looking for Redis at {redis_url}"));
+            match redis::find_or_start(&redis_url).await {
+                Ok(redis) => redis,
+                Err(e) => {
+                    eprintln!("party-demo: {e}");
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     if let RedisSource::Throwaway {
@@ -389,8 +415,9 @@ pub async fn run_demo(options: DemoOptions) -> ExitCode {
     } = &redis
     {
         progress(format_args!(
-            "no Redis answered at {redis_url} ({probe_error}); started a throwaway redis-server \
+            "no Redis answered at {} ({probe_error}); started a throwaway redis-server \
              on 127.0.0.1:{} (stopped when the demo ends)",
+            options.redis_url,
             server.port()
         ));
     }
@@ -414,7 +441,7 @@ pub async fn run_demo(options: DemoOptions) -> ExitCode {
         processes: options.processes,
         think: options.think,
         service,
-        redis_url: redis.url(),
+        redis: redis.target(),
         database_url: options.database_url.clone(),
         lock_namespace: unique_namespace(),
         work_dir: work_dir.path().to_owned(),
@@ -422,8 +449,7 @@ pub async fn run_demo(options: DemoOptions) -> ExitCode {
     let outcome = run_scenario(&scenario).await;
     if matches!(redis, RedisSource::Existing { .. }) {
         // Leave a shared Redis as it was: the run's lock keys and fencing counters go.
-        if let Err(e) = redis::delete_namespace(&scenario.redis_url, &scenario.lock_namespace).await
-        {
+        if let Err(e) = redis::delete_namespace(&scenario.redis, &scenario.lock_namespace).await {
             progress(format_args!(
                 "could not delete the lock keys {}:*: {e}",
                 scenario.lock_namespace
@@ -462,9 +488,13 @@ fn print_report(scenario: &Scenario, report: &ScenarioReport) {
     } else {
         format!("{} of simulated work", format_duration(scenario.think))
     };
+    let deployment = match &scenario.redis {
+        RedisTarget::Server(_) => "",
+        RedisTarget::Cluster(_) => ", locks on a Redis Cluster",
+    };
     println!(
-        "party of capacity {}, {} concurrent joins over {} service process{} ({}), {think} \
-         between check and insert",
+        "party of capacity {}, {} concurrent joins over {} service process{} ({}{deployment}), \
+         {think} between check and insert",
         scenario.capacity,
         scenario.requests,
         scenario.processes,

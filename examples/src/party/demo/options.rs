@@ -56,6 +56,10 @@ pub struct DemoOptions {
     /// one is started
     #[arg(long, value_name = "URL", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
+    /// Take the locks on a Redis Cluster instead, given by the URLs of some of its nodes
+    /// (comma-separated; one reachable node is enough); --redis-url is then not used
+    #[arg(long, value_name = "URL,URL,..", value_delimiter = ',', num_args = 1)]
+    pub redis_cluster: Vec<String>,
     /// postgres://... to use PostgreSQL [default: a temporary SQLite file]
     #[arg(long, value_name = "URL", env = "DATABASE_URL")]
     pub database_url: Option<String>,
@@ -71,7 +75,15 @@ impl DemoCli {
             DEFAULT_REDIS_URL.clone_into(&mut o.redis_url);
         }
         o.database_url = o.database_url.take().filter(|url| !url.is_empty());
+        o.redis_cluster.retain(|url| !url.is_empty());
         cli
+    }
+}
+
+impl DemoOptions {
+    /// The Redis Cluster's seed URLs, if the demo runs on one.
+    pub fn cluster(&self) -> Option<&[String]> {
+        (!self.redis_cluster.is_empty()).then_some(self.redis_cluster.as_slice())
     }
 }
 
@@ -144,6 +156,31 @@ mod tests {
         assert_eq!(o.think, Duration::from_millis(4));
         assert_eq!(o.redis_url, "redis://10.0.0.1:7000");
         assert!(cli.command.is_none());
+        assert_eq!(
+            o.cluster(),
+            None,
+            "one server unless --redis-cluster is given"
+        );
+    }
+
+    #[test]
+    fn a_cluster_is_given_by_its_seed_urls() {
+        let o = parse(&[
+            "--redis-cluster",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        ])
+        .expect("parses")
+        .options;
+        let seeds = ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"].map(String::from);
+        assert_eq!(o.cluster(), Some(&seeds[..]));
+        let o = parse(&["--redis-cluster=redis://127.0.0.1:7000"])
+            .expect("parses")
+            .options;
+        assert_eq!(o.cluster().map(<[String]>::len), Some(1));
+        assert!(
+            parse(&["--redis-cluster"]).is_err(),
+            "needs at least one URL"
+        );
     }
 
     #[test]

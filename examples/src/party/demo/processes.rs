@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 
+use super::redis::RedisTarget;
 use crate::party::http::LISTENING_PREFIX;
 
 /// How long a service may take to connect to its database and Redis and start listening.
@@ -60,8 +61,8 @@ impl ServiceCommand {
 pub struct ServiceArgs {
     /// The database URL (one database for all processes).
     pub database_url: String,
-    /// The Redis URL.
-    pub redis_url: String,
+    /// The Redis the locks live on.
+    pub redis: RedisTarget,
     /// The lock namespace.
     pub lock_namespace: String,
     /// Simulated work between check and insert.
@@ -103,9 +104,12 @@ impl ServiceProcess {
             .args(&service.leading_args)
             .args(["--bind", "127.0.0.1:0", "--exit-on-stdin-eof"])
             .arg("--database-url")
-            .arg(&args.database_url)
-            .arg("--redis-url")
-            .arg(&args.redis_url)
+            .arg(&args.database_url);
+        match &args.redis {
+            RedisTarget::Server(url) => command.arg("--redis-url").arg(url),
+            RedisTarget::Cluster(seeds) => command.arg("--redis-cluster").arg(seeds.join(",")),
+        };
+        command
             .arg("--lock-namespace")
             .arg(&args.lock_namespace)
             .arg("--think-ms")

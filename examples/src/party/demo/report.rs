@@ -21,6 +21,8 @@ pub enum Outcome {
 /// The result of one burst of joins against one party.
 #[derive(Debug, Clone)]
 pub struct ModeReport {
+    /// The party the joins went to (its lock is `party:<id>`).
+    pub party_id: i64,
     /// Whether the joins ran under the distributed lock.
     pub locked: bool,
     /// The party's capacity.
@@ -52,6 +54,7 @@ pub struct ModeReport {
 impl ModeReport {
     /// Tallies `outcomes` (each with its latency).
     pub fn new(
+        party_id: i64,
         locked: bool,
         capacity: i64,
         members: i64,
@@ -59,6 +62,7 @@ impl ModeReport {
         wall: Duration,
     ) -> ModeReport {
         let mut report = ModeReport {
+            party_id,
             locked,
             capacity,
             members,
@@ -220,7 +224,7 @@ mod tests {
     fn the_line_starts_with_members_over_capacity() {
         let mut outcomes = vec![(Outcome::Accepted, ms(5)); 11];
         outcomes.extend(vec![(Outcome::Full, ms(3)); 189]);
-        let unlocked = ModeReport::new(false, 8, 11, &outcomes, ms(400));
+        let unlocked = ModeReport::new(1, false, 8, 11, &outcomes, ms(400));
         assert!(unlocked.overbooked());
         assert_eq!(unlocked.rejected(), 189);
         let line = unlocked.line();
@@ -232,7 +236,7 @@ mod tests {
         outcomes = vec![(Outcome::Accepted, ms(5)); 8];
         outcomes.push((Outcome::LockUnavailable, ms(100)));
         outcomes.push((Outcome::NoAnswer("connection reset".into()), ms(1)));
-        let locked = ModeReport::new(true, 8, 8, &outcomes, ms(400));
+        let locked = ModeReport::new(2, true, 8, 8, &outcomes, ms(400));
         assert!(!locked.overbooked());
         assert_eq!(locked.p99, ms(100), "unanswered requests have no latency");
         let line = locked.line();
