@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::key::RedisNames;
 use crate::lease;
-use crate::protocol::AttemptReply;
+use crate::protocol::{AttemptReply, Token};
 use crate::store::Store;
 use crate::Error;
 
@@ -141,7 +141,7 @@ pub(crate) fn decide(reply: Result<AttemptReply, Error>, cx: Context) -> Decisio
 pub(crate) struct InFlight {
     pub(crate) store: Store,
     pub(crate) names: Arc<RedisNames>,
-    token: Option<String>,
+    token: Option<Token>,
 }
 
 impl InFlight {
@@ -159,7 +159,7 @@ impl InFlight {
 
     /// The attempt's outcome is settled and its token is the caller's now (it holds the lock,
     /// or became the registration).
-    pub(crate) fn keep(mut self) -> String {
+    pub(crate) fn keep(mut self) -> Token {
         self.token.take().unwrap_or_default()
     }
 
@@ -196,7 +196,7 @@ impl Registration {
     }
 
     /// Granted and taken: the token is the holder's now.
-    pub(crate) fn keep(self) -> String {
+    pub(crate) fn keep(self) -> Token {
         self.flight.keep()
     }
 

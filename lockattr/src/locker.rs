@@ -328,7 +328,7 @@ impl Locker {
             &value,
             pttl,
             local_waiters,
-            local.as_ref().map(|(t, f)| (t.as_str(), *f)),
+            local.as_ref().map(|(t, f)| (&**t, *f)),
         )))
     }
 

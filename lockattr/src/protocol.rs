@@ -107,16 +107,22 @@ pub(crate) fn registration_live(now_ms: u64, registered_ms: u64, grant_lease_ms:
 pub(crate) const TOKEN_LEN: usize = 32;
 
 /// A fresh 128-bit random owner token, as 32 lowercase hex digits.
-pub(crate) fn new_token() -> String {
+pub(crate) fn new_token() -> Token {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>();
-    // Written digit by digit into a buffer: `format!` costs more than the random number.
-    let mut digits = [0u8; TOKEN_LEN];
-    for (i, d) in digits.iter_mut().enumerate() {
-        *d = HEX[usize::from((bits >> (124 - 4 * i)) as u8 & 0xf)];
+    // Written digit by digit: `format!` costs more than the random number.
+    let mut digits = String::with_capacity(TOKEN_LEN);
+    for i in 0..TOKEN_LEN {
+        digits.push(char::from(
+            HEX[usize::from((bits >> (124 - 4 * i)) as u8 & 0xf)],
+        ));
     }
-    String::from_utf8_lossy(&digits).into_owned()
+    Token::from(digits)
 }
+
+/// An owner token, shared by everything that may have to release it (the holder, a release
+/// in flight, the local queue's record of the holder) without copying it.
+pub(crate) type Token = std::sync::Arc<str>;
 
 fn is_token(s: &str) -> bool {
     s.len() == TOKEN_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

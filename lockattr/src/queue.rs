@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::protocol::Token;
 use crate::store::Subscription;
 use crate::sync::lock;
 
@@ -30,7 +31,9 @@ use crate::sync::lock;
 pub(crate) struct Queues<T> {
     /// Keyed by the lock's name in the store. An entry exists only while a task holds or wants
     /// the key.
-    map: Mutex<HashMap<Arc<str>, KeyLocal<T>>>,
+    /// Keys come from users' arguments: hashed with a per-process random seed (foldhash is
+    /// several times cheaper than SipHash on short keys and keeps that defence).
+    map: Mutex<HashMap<Arc<str>, KeyLocal<T>, foldhash::fast::RandomState>>,
     /// How many times in a row a lock may be handed to a local waiter (see
     /// [`Slot::next_for_handoff`]).
     handoff_limit: u32,
@@ -49,7 +52,7 @@ struct KeyLocal<T> {
     waiters: VecDeque<Waiter<T>>,
     /// The token and fencing token of this process's holder, while one holds the lock (for
     /// inspection: the fast path does not write the fencing token into the store).
-    holder: Option<(String, u64)>,
+    holder: Option<(Token, u64)>,
 }
 
 /// A task waiting for the slot.
@@ -141,7 +144,7 @@ pub(crate) struct Ticket<T> {
 impl<T> Queues<T> {
     pub(crate) fn new(handoff_limit: u32) -> Arc<Self> {
         Arc::new(Queues {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(HashMap::default()),
             handoff_limit,
             next_waiter: AtomicU64::new(1),
         })
@@ -204,7 +207,7 @@ impl<T> Queues<T> {
     }
 
     /// The token and fencing token of this process's holder of `name`, if one holds it.
-    pub(crate) fn holder(&self, name: &str) -> Option<(String, u64)> {
+    pub(crate) fn holder(&self, name: &str) -> Option<(Token, u64)> {
         lock(&self.map).get(name).and_then(|l| l.holder.clone())
     }
 }
@@ -239,9 +242,9 @@ impl<T> Slot<T> {
     }
 
     /// Records who holds the lock now (see [`Queues::holder`]).
-    pub(crate) fn set_holder(&self, token: &str, fence: u64) {
+    pub(crate) fn set_holder(&self, token: &Token, fence: u64) {
         if let Some(local) = lock(&self.queues.map).get_mut(&*self.name) {
-            local.holder = Some((token.to_owned(), fence));
+            local.holder = Some((token.clone(), fence));
         }
     }
 
@@ -316,7 +319,7 @@ mod tests {
             Some(2),
             "the contending owner and the queued task"
         );
-        slot.set_holder("t", 1);
+        slot.set_holder(&Token::from("t"), 1);
         assert_eq!(q.waiting("k"), Some(1), "the owner holds the lock now");
         drop(slot);
         let baton = ticket.rx.as_mut().unwrap().try_recv().unwrap();

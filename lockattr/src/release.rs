@@ -60,7 +60,7 @@ use tokio::time::Instant;
 use crate::key::RedisNames;
 use crate::lease::{self, LeaseClock};
 use crate::observe;
-use crate::protocol::{new_token, LockValue, ReleaseReply, FENCE_SLOTS};
+use crate::protocol::{new_token, LockValue, ReleaseReply, Token, FENCE_SLOTS};
 use crate::queue::Waiter;
 use crate::store::Store;
 use crate::upkeep::{Gate, HeldSlot, Hold, Owned, Start};
@@ -77,7 +77,7 @@ pub(crate) async fn release(hold: Arc<Hold>) -> Result<(), Error> {
     let mut pending = Pending {
         store: store.clone(),
         names: hold.names.clone(),
-        tokens: vec![hold.token.clone()],
+        tokens: Tokens::one(hold.token.clone()),
         slot: Some(slot),
         waiter: None,
     };
@@ -87,7 +87,7 @@ pub(crate) async fn release(hold: Arc<Hold>) -> Result<(), Error> {
     while let Some(waiter) = pending.slot_mut().next_for_handoff() {
         let (next, waiter) = if current.chain + 1 < FENCE_SLOTS {
             let slot = pending.slot.take().expect("the slot is pending");
-            pending.tokens.clear();
+            pending.tokens = Tokens::default();
             let gate = Arc::new(Gate::default());
             let next = current.local_successor(slot, &clock, &waiter, gate.clone());
             // The check runs on its own, so that this future can be dropped: the next holder's
@@ -119,7 +119,7 @@ pub(crate) async fn release(hold: Arc<Hold>) -> Result<(), Error> {
                 let back = back.into_hold();
                 match back.end() {
                     Ok((slot, back_clock)) => {
-                        pending.tokens = vec![back.token.clone()];
+                        pending.tokens = Tokens::one(back.token.clone());
                         pending.slot = Some(slot);
                         current = back;
                         clock = back_clock;
@@ -148,7 +148,7 @@ pub(crate) async fn release(hold: Arc<Hold>) -> Result<(), Error> {
     };
     match released {
         Ok(ReleaseReply::Released { woke }) => {
-            pending.tokens.clear();
+            pending.tokens = Tokens::default();
             if woke > 0 {
                 // Other processes wait for this lock: let them go first.
                 pending.slot_mut().yield_first = true;
@@ -157,7 +157,7 @@ pub(crate) async fn release(hold: Arc<Hold>) -> Result<(), Error> {
             Ok(())
         }
         Ok(ReleaseReply::NotOurs) => {
-            pending.tokens.clear();
+            pending.tokens = Tokens::default();
             observe::lost(&current.key, "found expired or taken at release");
             Err(current.lost_error())
         }
@@ -184,7 +184,7 @@ async fn handoff_in_store(pending: &mut Pending, current: &Arc<Hold>) -> Handoff
         .expect("the waiter is pending")
         .lease;
     let token = new_token();
-    pending.tokens.push(token.clone());
+    pending.tokens.add(token.clone());
     let sent_at = Instant::now();
     let reply = store
         .handoff(
@@ -201,17 +201,17 @@ async fn handoff_in_store(pending: &mut Pending, current: &Arc<Hold>) -> Handoff
             // Confirmed so late that the new lease may have run out already: never hand out
             // such a lock. `pending` releases the new token in the background and then gives
             // the waiter the slot to contend with; the old holder's part is done.
-            pending.tokens = vec![token];
+            pending.tokens = Tokens::one(token);
             Handoff::Over(Ok(()))
         }
         Ok(Some(fence)) => {
-            pending.tokens.clear();
+            pending.tokens = Tokens::default();
             let slot = pending.slot.take().expect("the slot is pending");
             let waiter = pending.waiter.as_ref().expect("the waiter is pending");
             Handoff::Next(current.successor(slot, token, fence, sent_at, waiter))
         }
         Ok(None) => {
-            pending.tokens.clear();
+            pending.tokens = Tokens::default();
             observe::lost(&current.key, "found expired or taken at release");
             Handoff::Over(Err(current.lost_error()))
         }
@@ -220,7 +220,7 @@ async fn handoff_in_store(pending: &mut Pending, current: &Arc<Hold>) -> Handoff
             // `pending` releases the new token, then gives the waiter the slot (its own
             // acquisition waits for the replicas and reports what it finds); the old holder's
             // part is done.
-            pending.tokens = vec![token];
+            pending.tokens = Tokens::one(token);
             Handoff::Over(Ok(()))
         }
         // The outcome is unknown: `pending` releases both tokens in the background, then gives
@@ -261,7 +261,7 @@ impl Hold {
     fn successor(
         &self,
         slot: HeldSlot,
-        token: String,
+        token: Token,
         fence: u64,
         sent_at: Instant,
         waiter: &Waiter<Owned>,
@@ -302,7 +302,7 @@ async fn check_handover(
         // for this check: only look whether the token still owns the lock.
         None => match store.inspect(&next.names, store.deadline()).await {
             Ok(Some((value, _)))
-                if LockValue::parse(&value).is_some_and(|v| v.owner == next.token) =>
+                if LockValue::parse(&value).is_some_and(|v| v.owner == &*next.token) =>
             {
                 Ok(())
             }
@@ -347,10 +347,31 @@ struct Pending {
     store: Store,
     names: Arc<RedisNames>,
     /// Tokens that may own the lock right now.
-    tokens: Vec<String>,
+    tokens: Tokens,
     slot: Option<HeldSlot>,
     /// The local waiter a handover is for.
     waiter: Option<Waiter<Owned>>,
+}
+
+/// The tokens that may own the lock during a release: the holder's, and the new one of a
+/// handover through the store whose answer is not in yet (kept inline: a release allocates
+/// nothing for them).
+#[derive(Default)]
+struct Tokens([Option<Token>; 2]);
+
+impl Tokens {
+    fn one(token: Token) -> Tokens {
+        Tokens([Some(token), None])
+    }
+
+    fn add(&mut self, token: Token) {
+        let free = self.0.iter_mut().find(|t| t.is_none());
+        *free.expect("at most two tokens own a lock during a release") = Some(token);
+    }
+
+    fn into_vec(self) -> Vec<Token> {
+        self.0.into_iter().flatten().collect()
+    }
 }
 
 impl Pending {
@@ -368,7 +389,7 @@ impl Drop for Pending {
             (Some(w), Some(slot)) => w.give_slot(slot),
             (_, slot) => drop(slot),
         };
-        let tokens = std::mem::take(&mut self.tokens);
+        let tokens = std::mem::take(&mut self.tokens).into_vec();
         if tokens.is_empty() {
             pass_on();
         } else {

@@ -43,6 +43,7 @@ use crate::config::check_lease;
 use crate::key::RedisNames;
 use crate::lease::{LeaseClock, Loss, Phase, Sent};
 use crate::observe;
+use crate::protocol::Token;
 use crate::queue::Slot;
 use crate::store::Store;
 use crate::sync::lock;
@@ -60,7 +61,7 @@ pub(crate) struct Hold {
     /// The key as the caller wrote it.
     pub(crate) key: Arc<str>,
     pub(crate) names: Arc<RedisNames>,
-    pub(crate) token: String,
+    pub(crate) token: Token,
     pub(crate) fence: u64,
     /// See [`Start::chain`].
     pub(crate) chain: u64,
@@ -86,7 +87,7 @@ struct State {
 pub(crate) struct Start {
     pub(crate) key: Arc<str>,
     pub(crate) names: Arc<RedisNames>,
-    pub(crate) token: String,
+    pub(crate) token: Token,
     pub(crate) fence: u64,
     /// Local handovers since the store issued `fence` (see `release`): the hold's token is the
     /// issued one plus this.

@@ -36,7 +36,7 @@ use crate::core::Core;
 use crate::key::RedisNames;
 use crate::lease::{self, LeaseClock};
 use crate::observe;
-use crate::protocol::{grant_lease, Announcement};
+use crate::protocol::{grant_lease, Announcement, Token};
 use crate::store::AttemptKind;
 use crate::upkeep::{HeldSlot, Hold, Owned, Start};
 use crate::Error;
@@ -83,7 +83,7 @@ impl Request {
     fn hold(
         &self,
         mut slot: HeldSlot,
-        token: String,
+        token: Token,
         fence: u64,
         sent_at: Instant,
         set: Duration,

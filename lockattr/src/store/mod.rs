@@ -24,7 +24,7 @@ use self::memory::MemoryView;
 use self::redis::RedisStore;
 use crate::config::Config;
 use crate::key::RedisNames;
-use crate::protocol::{AttemptReply, ReleaseReply};
+use crate::protocol::{AttemptReply, ReleaseReply, Token};
 use crate::Error;
 
 /// How an acquire attempt is made.
@@ -228,7 +228,7 @@ impl Store {
 
     /// Withdraws, in the background, a token that may hold the lock or be its registered
     /// waiter (see `scripts::WITHDRAW_BODY`).
-    pub(crate) fn spawn_withdraw(&self, names: Arc<RedisNames>, token: String) {
+    pub(crate) fn spawn_withdraw(&self, names: Arc<RedisNames>, token: Token) {
         if let Store::Memory(m) = self {
             m.withdraw(&names, &token);
             return;
@@ -251,7 +251,7 @@ impl Store {
     pub(crate) fn spawn_release(
         &self,
         names: Arc<RedisNames>,
-        tokens: Vec<String>,
+        tokens: Vec<Token>,
         then: impl FnOnce() + Send + 'static,
     ) {
         if let Store::Memory(m) = self {
