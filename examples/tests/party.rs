@@ -104,9 +104,15 @@ async fn the_http_api_answers_with_the_documented_statuses() {
         lock_namespace: unique_namespace(),
         think: Duration::ZERO,
     };
-    let service = ServiceProcess::start(&party_service(), 0, &args, dir.path().join("service.log"))
-        .await
-        .expect("the service starts");
+    let log = dir.path().join("service.log");
+    let service = ServiceProcess::start(
+        &party_service().env("RUST_LOG", "info"),
+        0,
+        &args,
+        log.clone(),
+    )
+    .await
+    .expect("the service starts");
     let base = service.base_url();
     let client = HttpClient::new();
     let join = |party: i64, name: &str, lock: bool| {
@@ -142,6 +148,35 @@ async fn the_http_api_answers_with_the_documented_statuses() {
     assert!(
         ann.fencing_token.is_some(),
         "a locked join runs with a fencing token"
+    );
+    // The log shows the join's time waiting for the lock and holding it, as spans inside the
+    // request's `join` span.
+    let logged = std::fs::read_to_string(&log).expect("the service log");
+    let token = format!("fencing_token={}", ann.fencing_token.unwrap());
+    let span_line = |name: &str| {
+        logged
+            .lines()
+            .find(|l| {
+                l.contains(&format!("join{{party_id={}", party.id))
+                    && l.contains(name)
+                    && l.contains("close")
+            })
+            .unwrap_or_else(|| panic!("a closed `{name}` span in the join's: {logged}"))
+            .to_owned()
+    };
+    let acquired = span_line("lock.acquire{");
+    assert!(
+        acquired.contains(&token) && acquired.contains("outcome=\"acquired\""),
+        "{acquired}"
+    );
+    assert!(
+        acquired.contains(&format!("key=\"party:{}\"", party.id)),
+        "{acquired}"
+    );
+    let held = span_line("lock.held{");
+    assert!(
+        held.contains(&token) && held.contains("outcome=\"released\""),
+        "{held}"
     );
 
     let full = join(party.id, "bob", true).await;

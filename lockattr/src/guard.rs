@@ -5,7 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+use tracing::Span;
+
 use crate::lease::Phase;
+use crate::observe;
 use crate::release::release;
 use crate::upkeep::{Hold, Owned};
 use crate::Error;
@@ -43,11 +47,34 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct LockGuard {
     owned: Option<Owned>,
+    /// The `lock.held` span (see `observe`), ended when the guard is released or dropped.
+    span: Span,
+    since: Instant,
+    ended: bool,
 }
 
 impl LockGuard {
+    /// The guard of a lock just acquired; its `lock.held` span is a child of the current span.
     pub(crate) fn new(owned: Owned) -> Self {
-        LockGuard { owned: Some(owned) }
+        let span = observe::held_span(&owned.hold().key, owned.hold().fence);
+        LockGuard {
+            owned: Some(owned),
+            span,
+            since: Instant::now(),
+            ended: false,
+        }
+    }
+
+    /// The `lock.held` span, for running a critical section inside it.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    fn end_span(&mut self, outcome: &'static str) {
+        if !self.ended {
+            self.ended = true;
+            observe::held_ended(&self.span, self.since, outcome);
+        }
     }
 
     fn hold(&self) -> &Arc<Hold> {
@@ -132,7 +159,9 @@ impl LockGuard {
             Some(owned) => {
                 let release: BoxFuture<'static, Result<(), Error>> =
                     Box::pin(release(owned.into_hold()));
-                release.await
+                let result = release.await;
+                self.end_span(observe::release_outcome(&result));
+                result
             }
             None => Ok(()),
         }
@@ -141,6 +170,9 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        // Dropped (or a `release` future dropped midway): the release goes on in the
+        // background.
+        self.end_span("dropped");
         let Some(owned) = self.owned.take() else {
             return;
         };

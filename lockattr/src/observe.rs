@@ -1,4 +1,18 @@
-//! Tracing events and (with the `metrics` feature) metrics for every lock outcome.
+//! Tracing spans and events, and (with the `metrics` feature) metrics, for every lock outcome.
+//!
+//! Spans (target `lockattr`, level info), so that a trace shows how long a request waited for
+//! a lock and how long it held it:
+//!
+//! * `lock.acquire`: from the request until the lock is held or the wait ends. Fields `key`,
+//!   `wait` (the budget), and, when it ends, `waited`, `outcome` (`acquired`, `timed out`,
+//!   `failed`) and, when acquired, `fencing_token`.
+//! * `lock.held`: the critical section, from the acquisition until the guard is released or
+//!   dropped. Fields `key`, `fencing_token`, and, when it ends, `held` and `outcome`
+//!   (`released`, `lost`, `failed`: Redis did not confirm the release, or `dropped`: released
+//!   in the background). Under [`LockRequest::run`](crate::LockRequest::run) and the attribute
+//!   the body runs inside it, so the body's own spans are its children.
+//!
+//! A re-entrant call (a nested `run` for a key the task holds) opens no spans.
 //!
 //! Events (target `lockattr`): `acquired` (debug: key, waited, fencing token), `handed_off`
 //! (trace), `timed_out` (info), `renew_failed` (warn), `lost` (warn), `released` (trace).
@@ -9,6 +23,76 @@
 //! `lockattr_wait_seconds`.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::Error;
+
+/// A new `lock.acquire` span (see the module docs), a child of the current span.
+pub(crate) fn acquire_span(key: &str, wait: Duration) -> Span {
+    tracing::info_span!(
+        target: "lockattr",
+        "lock.acquire",
+        key,
+        ?wait,
+        waited = Empty,
+        outcome = Empty,
+        fencing_token = Empty,
+    )
+}
+
+/// Records how the acquisition of `span`, started at `started`, ended.
+pub(crate) fn acquire_ended(span: &Span, started: Instant, result: Result<u64, &Error>) {
+    if span.is_disabled() {
+        // Nobody listens: recording would still build every value (and read the clock).
+        return;
+    }
+    span.record("waited", tracing::field::debug(started.elapsed()));
+    match result {
+        Ok(fence) => {
+            span.record("outcome", "acquired");
+            span.record("fencing_token", fence);
+        }
+        Err(Error::Timeout { .. }) => {
+            span.record("outcome", "timed out");
+        }
+        Err(_) => {
+            span.record("outcome", "failed");
+        }
+    }
+}
+
+/// A new `lock.held` span (see the module docs), a child of the current span.
+pub(crate) fn held_span(key: &str, fencing_token: u64) -> Span {
+    tracing::info_span!(
+        target: "lockattr",
+        "lock.held",
+        key,
+        fencing_token,
+        held = Empty,
+        outcome = Empty,
+    )
+}
+
+/// Records how the critical section of `span`, which began at `since`, ended.
+pub(crate) fn held_ended(span: &Span, since: Instant, outcome: &'static str) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("held", tracing::field::debug(since.elapsed()));
+    span.record("outcome", outcome);
+}
+
+/// The `lock.held` outcome of a release that returned `result`.
+pub(crate) fn release_outcome(result: &Result<(), Error>) -> &'static str {
+    match result {
+        Ok(()) => "released",
+        Err(Error::Lost { .. }) => "lost",
+        Err(_) => "failed",
+    }
+}
 
 pub(crate) fn acquired(key: &str, waited: Duration, fencing_token: u64) {
     tracing::debug!(target: "lockattr", key, ?waited, fencing_token, "lock acquired");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::config::check_lease;
 use crate::context;
@@ -15,6 +16,7 @@ use crate::guard::LockGuard;
 use crate::key::{LockKey, RedisNames};
 use crate::observe;
 use crate::queue::{Baton, Entry};
+use crate::upkeep::Owned;
 use crate::wait::Request;
 use crate::Error;
 
@@ -163,6 +165,7 @@ impl LockRequest {
                 out = fut => Some(out),
             }
         })
+        .instrument(guard.span().clone())
         .await;
         let key = guard.key().to_owned();
         match out {
@@ -194,8 +197,33 @@ impl LockRequest {
         let lease = lease.unwrap_or(core.config.default_lease);
         check_lease(lease, || format!("the lease for `{}`", key.display))?;
         let started = Instant::now();
+        let mut span = AcquireSpan {
+            span: observe::acquire_span(&key.display, wait),
+            started,
+            ended: false,
+        };
+        let contend = Self::contend(core, &key, wait, lease, renew, started);
+        let result = if span.span.is_disabled() {
+            contend.await
+        } else {
+            contend.instrument(span.span.clone()).await
+        };
+        span.end(result.as_ref().map(|owned| owned.hold().fence));
+        // After the `lock.acquire` span: `lock.held` is its sibling, not its child.
+        result.map(LockGuard::new)
+    }
+
+    /// Queues locally for `key`, then contends in the store (see [`Request`]).
+    async fn contend(
+        core: Arc<Core>,
+        key: &LockKey,
+        wait: Duration,
+        lease: Duration,
+        renew: bool,
+        started: Instant,
+    ) -> Result<Owned, Error> {
         let req = Request {
-            names: Arc::new(RedisNames::new(&core.config.namespace, &key)),
+            names: Arc::new(RedisNames::new(&core.config.namespace, key)),
             key: Arc::from(key.display.as_str()),
             core,
             lease,
@@ -221,7 +249,7 @@ impl LockRequest {
                 match baton {
                     Ok(Ok(Baton::Held(owned))) => {
                         observe::acquired(&req.key, started.elapsed(), owned.hold().fence);
-                        return Ok(LockGuard::new(owned));
+                        return Ok(owned);
                     }
                     Ok(Ok(Baton::Contend(slot))) => slot,
                     // The sender is never dropped without sending; treat it as a timeout.
@@ -229,7 +257,32 @@ impl LockRequest {
                 }
             }
         };
-        req.contend(slot).await.map(LockGuard::new)
+        req.contend(slot).await
+    }
+}
+
+/// The `lock.acquire` span of an acquisition in progress; dropped before it ended (the acquire
+/// future was dropped), it records the outcome `cancelled`.
+struct AcquireSpan {
+    span: tracing::Span,
+    started: Instant,
+    ended: bool,
+}
+
+impl AcquireSpan {
+    fn end(&mut self, result: Result<u64, &Error>) {
+        self.ended = true;
+        observe::acquire_ended(&self.span, self.started, result);
+    }
+}
+
+impl Drop for AcquireSpan {
+    fn drop(&mut self) {
+        if !self.ended && !self.span.is_disabled() {
+            self.span
+                .record("waited", tracing::field::debug(self.started.elapsed()));
+            self.span.record("outcome", "cancelled");
+        }
     }
 }
 

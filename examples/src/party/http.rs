@@ -80,6 +80,7 @@ async fn show_party(
     Ok(Json(service.party(id).await?))
 }
 
+#[tracing::instrument(name = "join", skip_all, fields(party_id = party_id, lock = query.lock))]
 async fn join_party(
     State(service): State<Arc<PartyService>>,
     Path(party_id): Path<i64>,

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
 
 use super::demo::options::millis;
@@ -94,6 +95,11 @@ pub async fn run(program: &str, options: ServiceOptions) -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // A line when each span ends: a join's `join` span, and inside it lockattr's
+        // `lock.acquire` (how long it waited) and `lock.held` (how long it held the lock), with
+        // their key, fencing token and outcome. `RUST_LOG=info,lockattr=warn` leaves the lock
+        // spans out.
+        .with_span_events(FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
         // The demo sends the log to a file: no colour codes there.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

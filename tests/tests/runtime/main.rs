@@ -15,4 +15,5 @@ mod inspect;
 mod layout;
 mod leases;
 mod loss;
+mod spans;
 mod waiting;

@@ -21,6 +21,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServiceCommand {
     program: PathBuf,
     leading_args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl ServiceCommand {
@@ -29,7 +30,16 @@ impl ServiceCommand {
         ServiceCommand {
             program: program.into(),
             leading_args: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the service (`RUST_LOG`, for example; without one the
+    /// service logs at `info`, or as the caller's own `RUST_LOG` says).
+    #[must_use]
+    pub fn env(mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> ServiceCommand {
+        self.env.push((name.into(), value.into()));
+        self
     }
 
     /// Appends a leading argument (such as a subcommand).
@@ -120,6 +130,7 @@ impl ServiceProcess {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
+        command.envs(service.env.iter().map(|(k, v)| (k, v)));
         #[cfg(unix)]
         {
             // Own process group: a Ctrl-C in the terminal reaches the driver only, and the
