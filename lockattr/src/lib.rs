@@ -120,9 +120,68 @@
 //!
 //! Every failure is an [`Error`]: [`Error::Timeout`] (busy for the whole wait; the body did
 //! not run), [`Error::Lost`], [`Error::InvalidKey`], [`Error::NotConfigured`] (no locker),
-//! [`Error::InvalidConfig`], [`Error::Redis`]. When Redis is unreachable, calls fail with
-//! [`Error::Redis`] within the operation timeout (2 s by default), never with a misleading
+//! [`Error::InvalidConfig`], [`Error::Redis`] (Redis refused or the connection failed),
+//! [`Error::OperationTimeout`] (Redis did not answer within the operation timeout, 2 s by
+//! default), [`Error::NotReplicated`] (with [`LockerBuilder::wait_for_replicas`]). When Redis
+//! is unreachable, calls fail within the operation timeout, never with a misleading
 //! `Timeout`, and the connection recovers by itself when Redis is back.
+//!
+//! # Deployments
+//!
+//! Everything above works the same on every deployment; only the constructor differs.
+//!
+//! * **One Redis**: [`Locker::connect`] or [`Locker::builder`] with a `redis://` URL
+//!   (`redis://user:password@host:6379/0` for an ACL user).
+//! * **TLS**: a `rediss://` URL with the `tls-rustls` feature (a rustls crypto provider is
+//!   installed for the process if none is); `rediss://host:6380/#insecure` skips the
+//!   certificate check with `tls-rustls-insecure` (self-signed test servers only). For a
+//!   private CA or client certificates build a `redis::Client` with
+//!   `redis::Client::build_with_tls` and pass it to [`Locker::builder_with_client`].
+//! * **Redis Cluster**: [`Locker::cluster`] with the URLs of some nodes, or
+//!   [`Locker::cluster_with_client`]. All keys of one lock share a hash tag, so each lock lives
+//!   on one master, and on Redis 7 releases are announced with sharded pub/sub (`SPUBLISH`),
+//!   which stays in that shard.
+//! * **Sentinel**: [`Locker::sentinel`] with the master's name and the sentinels' URLs, or
+//!   [`Locker::sentinel_with_client`]; the locker follows the master across failovers.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lockattr::Error> {
+//! use lockattr::Locker;
+//!
+//! let tls = Locker::connect("rediss://locks:secret@redis.internal:6380").await?; // `tls-rustls`
+//! let cluster = Locker::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]).build().await?;
+//! let sentinel = Locker::sentinel("mymaster", ["redis://10.0.0.5:26379"]).build().await?;
+//! # let _ = (tls, cluster, sentinel);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **ACL.** A restricted user needs these rules for a locker with namespace `lock` (Redis 7
+//! checks every command a script runs against them too):
+//!
+//! ```text
+//! ACL SETUSER locks on >secret ~lock:* &lock:* +set +get +del +time +pttl +pexpire +publish +evalsha +script|load +subscribe +unsubscribe
+//! ```
+//!
+//! Add `+wait` (and `+info`, to name the replicas in [`Error::NotReplicated`]) for
+//! `wait_for_replicas`, `+role` on the data nodes for Sentinel, and `+spublish +ssubscribe
+//! +sunsubscribe +cluster|slots +info +asking` on a Cluster (the one-server rules are tested,
+//! the Cluster additions are not). A user without a needed right gets an [`Error::Redis`]
+//! naming the refused command (`NOPERM`) at once, never a hang or a `Timeout`.
+//!
+//! **Failover** (Sentinel, or a Cluster master replaced by its replica). Calls made while no
+//! master answers fail with [`Error::Redis`] or [`Error::OperationTimeout`]; retry them. A
+//! holder keeps its lock across a failover if the replica had its key; otherwise it learns at
+//! its next renewal that the lock is gone ([`Error::Lost`]). Because replication is
+//! asynchronous, a lock taken or renewed just before the master failed can be missing on the
+//! promoted replica, which then grants it again while the old holder still runs: in the
+//! tests' failovers two holders overlapped for up to about 140 ms. With
+//! [`LockerBuilder::wait_for_replicas`] an acquisition counts only once replicas acknowledged
+//! it, which narrows that window but does not close it (`WAIT` is not consensus: an
+//! acknowledging replica can fail too, or be passed over). Fencing tokens keep increasing
+//! across a failover in either mode, as long as the promoted replica's clock is not behind
+//! the old master's by more than the failover took: storage that checks them rejects the
+//! stale holder.
 //!
 //! # What a Redis lock cannot guarantee
 //!
@@ -132,28 +191,49 @@
 //!   cannot close it: code that runs between two awaits cannot be interrupted. Fencing tokens
 //!   close it for storage that checks them.
 //! * **Failover.** Redis replication is asynchronous. If the master fails after granting a
-//!   lock and before the replica received it, the promoted replica grants it again. Use a
-//!   Redis without failover for locks that must never be granted twice, or check fencing
+//!   lock and before the replica received it, the promoted replica grants it again (see
+//!   [Deployments](#deployments); `wait_for_replicas` narrows the window, it cannot close it).
+//!   Use a Redis without failover for locks that must never be granted twice, or check fencing
 //!   tokens in storage.
 //! * **Restart without persistence.** A Redis restarted without persistence forgets every
 //!   lock (holders see [`Error::Lost`] at their next renewal). Fencing tokens need no state in
 //!   Redis, so they keep increasing across the restart.
 //! * **Clocks.** Redis expires keys by its own wall clock, and fencing tokens are that clock
 //!   in microseconds times 100 (about 1.8 × 10¹⁷ in 2026; they fit a `u64`, and a signed
-//!   64-bit database column until 2262). A token is always above the previous holder's, because a whole client round trip
-//!   separates the two acquisitions, unless the Redis host's clock is *set back*: then a key
+//!   64-bit database column until 2262). A token is always above the previous holder's,
+//!   because a whole client round trip separates the two acquisitions, unless the Redis host's clock is *set back*: then a key
 //!   taken again within that step can get a smaller token. A clock set *forward* ends leases
 //!   early. Run Redis for locks on a host whose clock is slewed, not stepped (the NTP and chrony
 //!   defaults after the first sync). The guard considers the lease over at its deadline by the
 //!   local monotonic clock (see [`LockGuard`]), never later than Redis's expiry unless the two
 //!   clocks' rates differ grossly.
 //!
+//! # Observability
+//!
+//! Two `tracing` spans per acquisition (target `lockattr`, level info), so that a request's
+//! trace shows how long it waited for a lock and how long it held it:
+//!
+//! * `lock.acquire` from the request until the lock is held or the wait ends: fields `key`,
+//!   `wait`, `waited`, `outcome` (`acquired`, `timed out`, `failed`, `cancelled`) and
+//!   `fencing_token`;
+//! * `lock.held` for the critical section, until the guard is released or dropped: fields
+//!   `key`, `fencing_token`, `held`, `outcome` (`released`, `lost`, `failed`, `dropped`). A
+//!   body under [`LockRequest::run`] or the attribute runs inside it, so its own spans are
+//!   children of the lock's.
+//!
+//! Both are children of the span current where the lock was requested. Events (same target):
+//! acquired (debug), timed out (info), renewal failed (warn), lost (warn), handed over and
+//! released (trace). With the `metrics` feature: counters `lockattr_acquired_total`,
+//! `lockattr_timeouts_total`, `lockattr_lost_total`, `lockattr_renew_failures_total`,
+//! `lockattr_handoffs_total` and the histogram `lockattr_wait_seconds`.
+//!
 //! # Features
 //!
-//! * `metrics`: counters and a wait-time histogram through the [`metrics`](https://docs.rs/metrics)
-//!   facade (names in the `observe` module docs). Tracing events are always emitted
-//!   (target `lockattr`).
-
+//! * `tls-rustls`: `rediss://` URLs (see [Deployments](#deployments)); `tls-rustls-insecure`
+//!   also accepts `#insecure` URLs.
+//! * `metrics`: the counters and histogram above, through the
+//!   [`metrics`](https://docs.rs/metrics) facade.
+//!
 // The modules form layers; each imports only from the ones above it in this list.
 mod config;
 mod error;
