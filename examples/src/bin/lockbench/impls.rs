@@ -124,6 +124,29 @@ pub async fn build(kind: Kind, url: &str) -> Result<Arc<dyn LockImpl>> {
     })
 }
 
+/// The raw floor on one server with every `SET NX PX` pipelined with `WAIT replicas timeout`
+/// (the replicated scenario's diagnostic row): what acknowledged acquisitions cost at least.
+/// An acquisition fewer replicas acknowledged fails (its key is left to the lease).
+pub async fn build_waited_floor(
+    url: &str,
+    replicas: usize,
+    timeout: Duration,
+) -> Result<Arc<dyn LockImpl>> {
+    if cluster_seeds(url).is_some() {
+        bail!("the raw floor with WAIT runs on one server only");
+    }
+    // redis-rs's default response timeout (500 ms) must not cut a `WAIT` short.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(timeout + Duration::from_secs(2)));
+    let conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .context("connect")?;
+    let mut lock = TokenLock::on(AnyConn::Server(conn), None, false).await?;
+    lock.replicas = Some((replicas, timeout));
+    Ok(Arc::new(lock))
+}
+
 /// Compare-and-delete: `KEYS[1]` the lock, `ARGV[1]` the holder's token; returns 1 if deleted.
 const COMPARE_AND_DELETE: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -156,18 +179,28 @@ return 0
 /// `SET key token NX PX lease` to acquire, compare-and-delete (EVALSHA) to release.
 /// With `retry = None` it tries once (the raw floor); with `Some((delay, jitter))` it sleeps
 /// `delay + rand(0..jitter)` between tries (the spin lock). `fenced` swaps in the scripts of
-/// [`Kind::FencedFloor`].
+/// [`Kind::FencedFloor`]. With `replicas = Some((n, timeout))` (see [`build_waited_floor`]) the
+/// `SET` is pipelined with `WAIT n timeout`.
 struct TokenLock {
     conn: AnyConn,
     acquire: Option<redis::Script>,
     release: Arc<redis::Script>,
     retry: Option<(Duration, Duration)>,
+    replicas: Option<(usize, Duration)>,
     rng: Mutex<Rng>,
 }
 
 impl TokenLock {
     async fn connect(url: &str, retry: Option<(Duration, Duration)>, fenced: bool) -> Result<Self> {
-        let mut conn = AnyConn::connect(url).await?;
+        Self::on(AnyConn::connect(url).await?, retry, fenced).await
+    }
+
+    /// The lock on an open connection (see [`connect`](Self::connect)).
+    async fn on(
+        mut conn: AnyConn,
+        retry: Option<(Duration, Duration)>,
+        fenced: bool,
+    ) -> Result<Self> {
         let release = redis::Script::new(if fenced {
             PUBLISHING_RELEASE
         } else {
@@ -184,6 +217,7 @@ impl TokenLock {
             acquire,
             release: Arc::new(release),
             retry,
+            replicas: None,
             rng: Mutex::new(Rng::new(7)),
         })
     }
@@ -205,8 +239,8 @@ impl LockImpl for TokenLock {
             let mut conn = self.conn.clone();
             let lease_ms = LEASE.as_millis() as u64;
             loop {
-                let taken = match &self.acquire {
-                    None => {
+                let taken = match (&self.acquire, self.replicas) {
+                    (None, None) => {
                         let ok: Option<String> = redis::cmd("SET")
                             .arg(key)
                             .arg(&token)
@@ -217,7 +251,28 @@ impl LockImpl for TokenLock {
                             .await?;
                         ok.is_some()
                     }
-                    Some(script) => {
+                    (None, Some((n, timeout))) => {
+                        let (ok, acked): (Option<String>, usize) = redis::pipe()
+                            .cmd("SET")
+                            .arg(key)
+                            .arg(&token)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(lease_ms)
+                            .cmd("WAIT")
+                            .arg(n)
+                            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+                            .query_async(&mut conn)
+                            .await?;
+                        if ok.is_some() && acked < n {
+                            // Left to its lease: a diagnostic row has no undo path.
+                            bail!(
+                                "`{key}`: {acked} of {n} replicas acknowledged within {timeout:?}"
+                            );
+                        }
+                        ok.is_some()
+                    }
+                    (Some(script), _) => {
                         let fence: i64 = script
                             .key(key)
                             .key(format!("{key}:fence"))

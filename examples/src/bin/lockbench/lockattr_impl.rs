@@ -17,15 +17,24 @@ pub const NAMESPACE: &str = "bench";
 /// A `Locker` on `url` (one server, or `cluster:<seeds>` for `Locker::cluster`) with
 /// namespace `bench` and the bench's lease.
 pub async fn build(url: &str) -> Result<Arc<dyn LockImpl>> {
+    build_with(url, None).await
+}
+
+/// [`build`], with `LockerBuilder::wait_for_replicas(n, timeout)` when `replicas` is
+/// `Some((n, timeout))`.
+pub async fn build_with(
+    url: &str,
+    replicas: Option<(usize, Duration)>,
+) -> Result<Arc<dyn LockImpl>> {
     let builder = match crate::impls::cluster_seeds(url) {
         Some(seeds) => lockattr::Locker::cluster(seeds),
         None => lockattr::Locker::builder(url),
     };
-    let locker = builder
-        .namespace(NAMESPACE)
-        .default_lease(LEASE)
-        .build()
-        .await?;
+    let mut builder = builder.namespace(NAMESPACE).default_lease(LEASE);
+    if let Some((n, timeout)) = replicas {
+        builder = builder.wait_for_replicas(n, timeout);
+    }
+    let locker = builder.build().await?;
     Ok(Arc::new(Lockattr { locker }))
 }
 

@@ -20,6 +20,10 @@
 //! 5. lockattr on a Redis Cluster of 3 masters the bench starts, next to one server: the
 //!    uncontended, new-key and a few contended scenarios, with Redis commands per acquisition
 //!    summed over every node and split by node (see `cluster`);
+//! 6. lockattr with `wait_for_replicas(1, 500 ms)` next to the plain lock and the raw floor, on a
+//!    master with one replica the bench starts: one task on a reused and on a new key (p50/p99,
+//!    round trips, Redis commands and `WAIT`s per cycle), and 64 tasks on their own keys (see
+//!    `replicated`);
 //!
 //! and prints markdown tables and a PASS/MISS list against the targets (`--plot` also draws the
 //! latency distributions). Every loop is bounded by a count and a deadline; the full run takes
@@ -37,6 +41,8 @@ mod lockattr_impl;
 mod plot;
 mod procs;
 mod progress;
+mod replicated;
+mod replicated_report;
 mod report;
 mod simple;
 mod stats;
@@ -133,10 +139,13 @@ enum Scenario {
     /// lockattr on a Redis Cluster of 3 masters (started by the bench) next to one server:
     /// uncontended, new keys, contended; Redis commands by node
     Cluster,
+    /// lockattr with `wait_for_replicas(1, 500 ms)` next to the plain lock on a master with one
+    /// replica (started by the bench): latency, round trips, WAITs per cycle; 64 tasks
+    Replicated,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::NewKeys,
         Scenario::Distinct,
         Scenario::NewKeys64,
@@ -144,6 +153,7 @@ impl Scenario {
         Scenario::OneProc,
         Scenario::TwoProc,
         Scenario::Cluster,
+        Scenario::Replicated,
     ];
 }
 
@@ -276,6 +286,11 @@ fn run(opts: Options) -> Result<()> {
             cluster::steps(cluster::CONTENDED.len() - main_twins)
         } else {
             0
+        }
+        + if wants(Scenario::Replicated) && has(Kind::Lockattr) {
+            replicated::steps()
+        } else {
+            0
         };
     let mut progress = Progress::new(steps);
 
@@ -390,6 +405,23 @@ fn run(opts: Options) -> Result<()> {
         None
     };
 
+    let replicated = if wants(Scenario::Replicated) && has(Kind::Lockattr) {
+        match replicated::run(&rt, &plan, &mut progress) {
+            Ok(report) => Some(report),
+            Err(e) => {
+                let note = format!("the replicated rows failed: {e:#}");
+                progress.note(&note);
+                notes.push(note);
+                None
+            }
+        }
+    } else {
+        if wants(Scenario::Replicated) {
+            notes.push("the replicated rows need lockattr".to_owned());
+        }
+        None
+    };
+
     let mut footprints = Vec::new();
     if wants(Scenario::Footprint) {
         progress.step("footprint: the readings 10 s after the last release");
@@ -437,6 +469,7 @@ fn run(opts: Options) -> Result<()> {
         peak,
         contended,
         cluster,
+        replicated,
         notes,
     };
     let text = report.render();
@@ -786,6 +819,13 @@ mod tests {
         assert!(
             Scenario::ALL.contains(&Scenario::Cluster),
             "a full run includes the cluster rows"
+        );
+        let cli = Cli::try_parse_from(["lockbench", "--quick", "--scenarios", "replicated"])
+            .expect("parses");
+        assert_eq!(cli.options.scenarios, vec![Scenario::Replicated]);
+        assert!(
+            Scenario::ALL.contains(&Scenario::Replicated),
+            "a full run includes the replicated rows"
         );
     }
 }

@@ -78,6 +78,8 @@ pub struct Report {
     pub contended: Vec<ContendedRow>,
     /// The Redis Cluster rows.
     pub cluster: Option<crate::cluster::ClusterReport>,
+    /// The rows on a master with a replica, with and without `wait_for_replicas`.
+    pub replicated: Option<crate::replicated::ReplicatedReport>,
     pub notes: Vec<String>,
 }
 
@@ -155,6 +157,9 @@ impl Report {
         self.render_commands(&mut s);
         if let Some(cluster) = &self.cluster {
             crate::cluster_report::render(&mut s, cluster, &self.contended);
+        }
+        if let Some(replicated) = &self.replicated {
+            crate::replicated_report::render(&mut s, replicated);
         }
         if !self.notes.is_empty() {
             let _ = writeln!(s, "### Notes\n");
