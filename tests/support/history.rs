@@ -26,12 +26,17 @@
 //!
 //! Each [`Violation`] names the sections involved with their times, so a report can be debugged
 //! without the raw files.
+//!
+//! A [`Policy`] ([`check_with`]) lets some kinds be reported instead of failing the history:
+//! across the failover of an asynchronously replicated Redis two holders can overlap and
+//! counter writes can be lost (a documented caveat), and a test there still wants to see how
+//! many, while it asserts on the rest (fencing tokens, liveness).
 
 pub mod conn;
 pub mod node_chaos;
 pub mod worker;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 /// How far a section's increment got.
@@ -400,6 +405,46 @@ impl Violation {
     }
 }
 
+/// Which violations fail a history. Every violation is found either way; one of a tolerated
+/// kind goes to [`Report::tolerated`] instead of [`Report::violations`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Kinds (see [`Violation::kind`]) that are reported, not failed.
+    pub tolerate: BTreeSet<&'static str>,
+}
+
+impl Policy {
+    /// Every violation fails the history (what [`check`] uses).
+    pub fn strict() -> Policy {
+        Policy::default()
+    }
+
+    /// Across failovers of an asynchronously replicated Redis (Sentinel): a lock or a counter
+    /// write the promoted replica had not received is gone, so two holders can overlap
+    /// (`overlap`), their increments overwrite each other or a confirmed one is lost (`count`,
+    /// `missing write`), and a stale holder's write can land after a newer one's (`write
+    /// order`). Those are reported. Token uniqueness and order, missing tokens and write-log
+    /// entries that match no section still fail.
+    pub fn across_failovers() -> Policy {
+        Policy::strict()
+            .tolerating("overlap")
+            .tolerating("count")
+            .tolerating("missing write")
+            .tolerating("write order")
+    }
+
+    /// This policy, with `kind` reported instead of failed.
+    pub fn tolerating(mut self, kind: &'static str) -> Policy {
+        self.tolerate.insert(kind);
+        self
+    }
+
+    /// Whether `kind` is reported instead of failed.
+    pub fn tolerates(&self, kind: &str) -> bool {
+        self.tolerate.contains(kind)
+    }
+}
+
 /// Figures of one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyFigures {
@@ -419,8 +464,11 @@ pub struct Report {
     pub sections: u64,
     /// Figures by key.
     pub per_key: BTreeMap<String, KeyFigures>,
-    /// Every violation found, per key in section order.
+    /// Every violation found that the policy does not tolerate, per key in section order.
     pub violations: Vec<Violation>,
+    /// Violations of the kinds the policy tolerates: reported, not failed (empty for
+    /// [`check`]).
+    pub tolerated: Vec<Violation>,
     /// The earliest enter time (times in messages are relative to it).
     pub origin_ns: u64,
 }
@@ -433,25 +481,107 @@ impl Report {
 
     /// Violations by kind.
     pub fn counts_by_kind(&self) -> BTreeMap<&'static str, usize> {
-        let mut out = BTreeMap::new();
-        for v in &self.violations {
-            *out.entry(v.kind()).or_default() += 1;
+        count_kinds(&self.violations)
+    }
+
+    /// Tolerated violations by kind.
+    pub fn tolerated_by_kind(&self) -> BTreeMap<&'static str, usize> {
+        count_kinds(&self.tolerated)
+    }
+
+    /// Whether any violation of `kind` (see [`Violation::kind`]) was found that the policy does
+    /// not tolerate.
+    pub fn has(&self, kind: &str) -> bool {
+        self.violations.iter().any(|v| v.kind() == kind)
+    }
+
+    /// Violations of `kind`, failed or tolerated.
+    pub fn found(&self, kind: &str) -> usize {
+        self.all().filter(|v| v.kind() == kind).count()
+    }
+
+    /// Every violation, failed or tolerated.
+    pub fn all(&self) -> impl Iterator<Item = &Violation> {
+        self.violations.iter().chain(&self.tolerated)
+    }
+
+    /// Lost counter updates, failed or tolerated: increments overwritten by another
+    /// section's (the writes that landed minus the counter, summed over the keys where it is
+    /// positive), and confirmed writes missing from the log (lost with the server that
+    /// confirmed them).
+    pub fn lost_updates(&self) -> LostUpdates {
+        let mut out = LostUpdates::default();
+        for v in self.all() {
+            match v {
+                Violation::Count {
+                    counter, landed, ..
+                } => {
+                    out.overwritten += landed.saturating_sub(*counter);
+                    out.invented += counter.saturating_sub(*landed);
+                }
+                Violation::MissingWrite { .. } => out.vanished += 1,
+                _ => {}
+            }
         }
         out
     }
 
-    /// Whether any violation of `kind` (see [`Violation::kind`]) was found.
-    pub fn has(&self, kind: &str) -> bool {
-        self.violations.iter().any(|v| v.kind() == kind)
+    /// Overlaps (failed or tolerated): how many, and the longest.
+    pub fn overlaps(&self) -> (usize, u64) {
+        let mut n = 0;
+        let mut longest = 0;
+        for v in self.all() {
+            if let Violation::Overlap { overlap_ns, .. } = v {
+                n += 1;
+                longest = longest.max(*overlap_ns);
+            }
+        }
+        (n, longest)
     }
+}
+
+/// Lost counter updates in a history ([`Report::lost_updates`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LostUpdates {
+    /// Increments overwritten: writes that landed minus the counter, where positive.
+    pub overwritten: u64,
+    /// Counter above the writes that landed, where it is (an increment of a value read
+    /// from a server whose later writes were then lost).
+    pub invented: u64,
+    /// Confirmed writes missing from the write log.
+    pub vanished: u64,
+}
+
+impl fmt::Display for LostUpdates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} overwritten, {} confirmed and vanished",
+            self.overwritten, self.vanished
+        )?;
+        if self.invented > 0 {
+            write!(f, ", counter {} above the log", self.invented)?;
+        }
+        Ok(())
+    }
+}
+
+fn count_kinds(violations: &[Violation]) -> BTreeMap<&'static str, usize> {
+    let mut out = BTreeMap::new();
+    for v in violations {
+        *out.entry(v.kind()).or_default() += 1;
+    }
+    out
 }
 
 /// How many violations a report prints in full.
 const SHOWN: usize = 25;
+/// How many tolerated violations a report prints in full.
+const TOLERATED_SHOWN: usize = 8;
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
+        write!(
             f,
             "{} sections, {} lost, {} violations {:?}",
             self.sections,
@@ -459,6 +589,15 @@ impl fmt::Display for Report {
             self.violations.len(),
             self.counts_by_kind()
         )?;
+        if !self.tolerated.is_empty() {
+            write!(
+                f,
+                ", {} tolerated {:?}",
+                self.tolerated.len(),
+                self.tolerated_by_kind()
+            )?;
+        }
+        writeln!(f)?;
         for (key, k) in &self.per_key {
             writeln!(
                 f,
@@ -479,13 +618,33 @@ impl fmt::Display for Report {
         if self.violations.len() > SHOWN {
             writeln!(f, "  ... and {} more", self.violations.len() - SHOWN)?;
         }
+        for v in self.tolerated.iter().take(TOLERATED_SHOWN) {
+            writeln!(f, "  ~ (tolerated) {}", v.show(self.origin_ns))?;
+        }
+        if self.tolerated.len() > TOLERATED_SHOWN {
+            writeln!(
+                f,
+                "  ~ ... and {} more tolerated",
+                self.tolerated.len() - TOLERATED_SHOWN
+            )?;
+        }
         Ok(())
     }
 }
 
 /// Checks a history: `sections` from every worker, `state` read from Redis at the end (keys
-/// without sections may be absent). Pure; see the module docs for the rules.
+/// without sections may be absent). Pure; see the module docs for the rules. Every violation
+/// fails ([`Policy::strict`]).
 pub fn check(sections: &[Section], state: &BTreeMap<String, KeyState>) -> Report {
+    check_with(sections, state, &Policy::strict())
+}
+
+/// [`check`], with the kinds that `policy` tolerates moved to [`Report::tolerated`].
+pub fn check_with(
+    sections: &[Section],
+    state: &BTreeMap<String, KeyState>,
+    policy: &Policy,
+) -> Report {
     let mut by_key: BTreeMap<&str, Vec<&Section>> = BTreeMap::new();
     for s in sections {
         by_key.entry(&s.key).or_default().push(s);
@@ -505,6 +664,11 @@ pub fn check(sections: &[Section], state: &BTreeMap<String, KeyState>) -> Report
         let figures = check_key(&list, final_state, &mut report.violations);
         report.per_key.insert(key.to_owned(), figures);
     }
+    let (tolerated, violations) = std::mem::take(&mut report.violations)
+        .into_iter()
+        .partition(|v| policy.tolerates(v.kind()));
+    report.violations = violations;
+    report.tolerated = tolerated;
     report
 }
 
@@ -742,6 +906,54 @@ mod tests {
         let report = check(&h, &state);
         assert_eq!(kinds(&report), ["overlap", "count"]);
         assert!(report.to_string().contains("1 lost updates"), "{report}");
+    }
+
+    #[test]
+    fn a_policy_reports_tolerated_kinds_without_failing() {
+        // Two holders at once, one increment overwritten, one confirmed write lost, and a
+        // duplicate token.
+        let h = vec![sec("a", 1, 0, 10), sec("b", 2, 5, 20), sec("c", 2, 30, 40)];
+        let state = BTreeMap::from([(
+            "k".to_owned(),
+            KeyState {
+                counter: 1,
+                writes: vec!["a".into(), "b".into()],
+            },
+        )]);
+        let strict = check(&h, &state);
+        assert_eq!(
+            kinds(&strict),
+            ["overlap", "duplicate token", "missing write", "count"]
+        );
+        assert!(strict.tolerated.is_empty());
+        let report = check_with(&h, &state, &Policy::across_failovers());
+        assert_eq!(kinds(&report), ["duplicate token"]);
+        assert_eq!(
+            report
+                .tolerated
+                .iter()
+                .map(Violation::kind)
+                .collect::<Vec<_>>(),
+            ["overlap", "missing write", "count"]
+        );
+        assert_eq!(report.found("overlap"), 1);
+        assert_eq!(report.overlaps(), (1, 5 * MS));
+        assert_eq!(
+            report.lost_updates(),
+            LostUpdates {
+                overwritten: 1,
+                invented: 0,
+                vanished: 1
+            }
+        );
+        let text = report.to_string();
+        assert!(text.contains("3 tolerated"), "{text}");
+        assert!(text.contains("~ (tolerated) overlap of 5.000 ms"), "{text}");
+        // Everything tolerated: nothing fails.
+        let all = Policy::across_failovers()
+            .tolerating("duplicate token")
+            .tolerating("token order");
+        assert!(check_with(&h, &state, &all).violations.is_empty());
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! redis-server the lockers go through the URLs they are given (normally a fault-injecting
 //! proxy) and the counters through a direct connection (never through the proxy, so chaos
 //! cannot make a write ambiguous); on a Redis Cluster the lockers are `Locker::cluster` and the
-//! counters use a cluster connection, both to the nodes themselves. Then it runs
-//! `lockers × tasks` tasks. Each task loops, for a bounded time and count: pick a key at random,
-//! run a critical section under the lock ([`LockMode::Lockattr`]:
+//! counters use a cluster connection, both to the nodes themselves; on a Sentinel deployment
+//! the lockers are `Locker::sentinel` (optionally with `wait_for_replicas`) and the counters use
+//! a connection to the current master that follows failovers ([`super::conn::SentinelMaster`]).
+//! Then it runs `lockers × tasks` tasks. Each task loops, for a bounded time and count: pick a
+//! key at random, run a critical section under the lock ([`LockMode::Lockattr`]:
 //! `locker.lock(key).lease(..).wait(..).run(..)`), record it.
 //!
 //! [`LockMode::Broken`] replaces the lock by a deliberately wrong one (`SET key token PX` without
@@ -57,6 +59,17 @@ pub enum Target {
     Cluster {
         /// Seed node URLs (`redis://host:port`).
         seeds: Vec<String>,
+    },
+    /// A Sentinel deployment: every locker is `Locker::sentinel(master_name, sentinels)`, with
+    /// `wait_for_replicas(n, timeout)` when asked, and the counters go to the master that the
+    /// sentinels name, followed across failovers ([`Direct::sentinel`]).
+    Sentinel {
+        /// The monitored master's name.
+        master_name: String,
+        /// Sentinel URLs (`redis://host:port`).
+        sentinels: Vec<String>,
+        /// `LockerBuilder::wait_for_replicas(replicas, timeout)`, or not.
+        wait_for_replicas: Option<(usize, Duration)>,
     },
 }
 
@@ -119,6 +132,17 @@ impl WorkerConfig {
                 push("direct-url", direct_url.clone());
             }
             Target::Cluster { seeds } => push("cluster", seeds.join(",")),
+            Target::Sentinel {
+                master_name,
+                sentinels,
+                wait_for_replicas,
+            } => {
+                push("sentinels", sentinels.join(","));
+                push("master-name", master_name.clone());
+                if let Some((n, timeout)) = wait_for_replicas {
+                    push("wait-for-replicas", format!("{n}:{}", ms(*timeout)));
+                }
+            }
         }
         push("keys", self.keys.join(","));
         push("lockers", self.lockers.to_string());
@@ -188,6 +212,28 @@ impl WorkerConfig {
         let (target, target_options) = if map.contains_key("cluster") {
             let seeds = list("cluster")?;
             (Target::Cluster { seeds }, 1)
+        } else if map.contains_key("sentinels") {
+            let wait_for_replicas = match map.get("wait-for-replicas") {
+                None => None,
+                Some(v) => {
+                    let (n, timeout) = v
+                        .split_once(':')
+                        .ok_or("--wait-for-replicas is <replicas>:<timeout ms>")?;
+                    let n = n.parse().map_err(|e| format!("--wait-for-replicas: {e}"))?;
+                    let timeout = timeout
+                        .parse()
+                        .map(Duration::from_millis)
+                        .map_err(|e| format!("--wait-for-replicas: {e}"))?;
+                    Some((n, timeout))
+                }
+            };
+            let options = 2 + usize::from(wait_for_replicas.is_some());
+            let target = Target::Sentinel {
+                master_name: get("master-name")?.clone(),
+                sentinels: list("sentinels")?,
+                wait_for_replicas,
+            };
+            (target, options)
         } else {
             let target = Target::Server {
                 lock_urls: list("lock-urls")?,
@@ -255,6 +301,11 @@ impl Worker {
         let direct = match &config.target {
             Target::Server { direct_url, .. } => Direct::server(direct_url).await?,
             Target::Cluster { seeds } => Direct::cluster(seeds).await?,
+            Target::Sentinel {
+                master_name,
+                sentinels,
+                ..
+            } => Direct::sentinel(master_name, sentinels).await?,
         };
         let mut lockers = Vec::new();
         for i in 0..config.lockers as usize {
@@ -273,6 +324,21 @@ impl Worker {
                         LockMode::Broken => Some(Direct::cluster(seeds).await?),
                     };
                     (lockattr::Locker::cluster(seeds.clone()), direct)
+                }
+                Target::Sentinel {
+                    master_name,
+                    sentinels,
+                    wait_for_replicas,
+                } => {
+                    let direct = match config.mode {
+                        LockMode::Lockattr => None,
+                        LockMode::Broken => Some(Direct::sentinel(master_name, sentinels).await?),
+                    };
+                    let mut builder = lockattr::Locker::sentinel(master_name, sentinels.clone());
+                    if let Some((n, timeout)) = *wait_for_replicas {
+                        builder = builder.wait_for_replicas(n, timeout);
+                    }
+                    (builder, direct)
                 }
             };
             lockers.push(match direct {
@@ -293,7 +359,8 @@ impl Worker {
         })
     }
 
-    /// Runs every task to its end and returns the records.
+    /// Runs every task to its end and returns the records. On a Sentinel deployment, prints
+    /// on stderr how the counter connection followed the master (`counter connection: ..`).
     pub async fn run(self) -> WorkerOutput {
         let config = Arc::new(self.config);
         let mut handles = Vec::new();
@@ -311,6 +378,7 @@ impl Worker {
                 handles.push(tokio::spawn(task.run()));
             }
         }
+        let direct = self.direct.clone();
         let mut out = WorkerOutput::default();
         for h in handles {
             match h.await {
@@ -325,6 +393,9 @@ impl Worker {
                         .or_default() += 1;
                 }
             }
+        }
+        if let Some(stats) = direct.following() {
+            eprintln!("counter connection: {stats}");
         }
         out
     }
@@ -603,7 +674,17 @@ mod tests {
         };
         let args = config.to_args();
         assert!(!args.contains(&"--direct-url".to_owned()), "{args:?}");
-        assert_eq!(WorkerConfig::from_args(&args[1..]), Ok(config));
+        assert_eq!(WorkerConfig::from_args(&args[1..]), Ok(config.clone()));
+        for wait_for_replicas in [None, Some((1, Duration::from_millis(500)))] {
+            let mut sentinel = config.clone();
+            sentinel.target = Target::Sentinel {
+                master_name: "lockattr".into(),
+                sentinels: vec!["redis://127.0.0.1:6".into(), "redis://127.0.0.1:7".into()],
+                wait_for_replicas,
+            };
+            let args = sentinel.to_args();
+            assert_eq!(WorkerConfig::from_args(&args[1..]), Ok(sentinel));
+        }
         // A cluster worker has no proxy URLs: mixing both is refused.
         let mut mixed = args[1..].to_vec();
         mixed.extend(["--direct-url".to_owned(), "redis://127.0.0.1:3".to_owned()]);
