@@ -174,8 +174,11 @@
 //! holder keeps its lock across a failover if the replica had its key; otherwise it learns at
 //! its next renewal that the lock is gone ([`Error::Lost`]). Because replication is
 //! asynchronous, a lock taken or renewed just before the master failed can be missing on the
-//! promoted replica, which then grants it again while the old holder still runs: in the
-//! tests' failovers two holders overlapped for up to about 140 ms. With
+//! promoted replica, which then grants it again while the old holder still runs. A
+//! `Locker::sentinel` leaves the old master at the first announcement of any sentinel (when
+//! the leader sends `REPLICAOF NO ONE` to the replica it promotes), which in the tests' failovers
+//! left no overlap; the window between that promotion and the announcement reaching the
+//! locker remains. With
 //! [`LockerBuilder::wait_for_replicas`] an acquisition counts only once replicas acknowledged
 //! it, which narrows that window but does not close it (`WAIT` is not consensus: an
 //! acknowledging replica can fail too, or be passed over). Fencing tokens keep increasing

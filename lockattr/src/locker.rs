@@ -205,8 +205,9 @@ impl Locker {
     ///
     /// The master is resolved through the sentinels (and checked with `ROLE`), and resolved
     /// again when it refuses a write as a demoted replica (`READONLY`: the write is sent once
-    /// more to the new master), when its connection breaks, and at once when the sentinels
-    /// announce `+switch-master`; the pub/sub connection follows it. While no master is
+    /// more to the new master), when its connection breaks, and at once when any sentinel
+    /// announces the new master (`+promoted-slave`, `+switch-master`; every sentinel the first
+    /// reachable one knows is watched); the pub/sub connection follows it. While no master is
     /// reachable, calls keep looking for one until their operation timeout and then fail with
     /// an error that says so.
     ///
