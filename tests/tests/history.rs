@@ -20,8 +20,7 @@
 //! and fencing tokens with `wait_for_replicas`, are asserted.
 //!
 //! `LOCKATTR_HISTORY_SECS` (default 30 on one server, 20 on the cluster, 18 per mode on
-//! Sentinel) sets the chaos runs'
-//! length, `LOCKATTR_HISTORY_SEED` replays a run's random choices (the seed is printed). The
+//! Sentinel) sets the chaos runs' length, `LOCKATTR_HISTORY_SEED` replays a run's random choices (the seed is printed). The
 //! tests run one at a time (a mutex) so that one history's load is not another's scheduling
 //! noise.
 
@@ -1154,11 +1153,11 @@ fn sentinel_summary(run: &Run, o: &Outcome, f: &SentinelFigures) -> String {
 /// section; after each failover every key has a completed section within `RECOVERY_BOUND`
 /// (5 s) of the failover being over, and every key completes sections in the last 2 s of the
 /// run. With `wait_for_replicas`: no duplicate fencing token and tokens strictly increasing in
-/// section order. Without it those are reported: lockers that re-resolve the master right
-/// after the switch can land on the old master again (it still answers `ROLE` as a master, and
-/// a sentinel can still name it), which grants locks with no replica to acknowledge them, so a
-/// stale holder can enter after a newer one with an older token. With `wait_for_replicas` the
-/// old master, which has no replica left, cannot acknowledge such grants.
+/// section order. Without it those are reported: a lock the old master granted between its
+/// replica's promotion and the announcement reaching a locker is missing on the new master, so
+/// a stale holder can enter after a newer one with an older token (lockers leave the old master
+/// at the first announcement, and the runs so far showed none). With `wait_for_replicas` the
+/// old master, whose replicas are leaving it, cannot acknowledge such grants.
 ///
 /// Printed per mode: a `SUMMARY` line, and what still reached the old master after the
 /// `SENTINEL FAILOVER`.
@@ -1169,9 +1168,9 @@ async fn history_across_sentinel_failovers() {
     let secs = history_secs(18).max(14);
     let duration = Duration::from_secs(secs);
     let mut results = Vec::new();
-    // Without `wait_for_replicas` the old master keeps granting locks to lockers that have
-    // not moved yet (see the test's docs), and such a stale holder can enter after a newer one
-    // with its older token: reported, not asserted.
+    // Without `wait_for_replicas` a lock the old master granted just before a locker moved is
+    // missing on the new master (see the test's docs), and such a stale holder can enter after
+    // a newer one with its older token: reported, not asserted.
     let asynchronous = Policy::across_failovers()
         .tolerating("token order")
         .tolerating("duplicate token");

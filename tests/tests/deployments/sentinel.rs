@@ -291,13 +291,9 @@ const LOCK_COMMANDS: [&str; 8] = [
 /// lockers busy on three keys send the old master no lock command, and they keep locking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockers_leave_the_old_master_before_the_sentinels_reconfigure_it() {
-    let s = Arc::new(Mutex::new(tokio::task::block_in_place(
-        RedisSentinel::start,
-    )));
-    let locker = {
-        let s = s.lock().unwrap();
-        locker(&s, None).await
-    };
+    let deployment = tokio::task::block_in_place(RedisSentinel::start);
+    let locker = locker(&deployment, None).await;
+    let s = Arc::new(Mutex::new(deployment));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
