@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lockattr::{Error, Locker};
 use lockattr_tests::cluster::RedisCluster;
 
-use crate::wake_up_after_release;
+use crate::{take_within, wake_up_after_release};
 
 async fn locker(cluster: &RedisCluster) -> Locker {
     Locker::cluster(cluster.seed_urls())
@@ -179,25 +179,4 @@ async fn failovers_under_a_holder_end_in_a_held_or_lost_lock_and_recover() {
         "killed master: replica promoted after {promoted_after:?}; holder lost: {lost}; \
          release: {outcome:?}; next acquisition {next:?} after the promotion"
     );
-}
-
-/// Takes and releases `key` with `locker`, retrying while the cluster recovers; returns how
-/// long it took.
-async fn take_within(locker: &Locker, key: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        match locker.lock(key).wait(Duration::from_secs(5)).await {
-            Ok(g) => {
-                let _ = g.release().await;
-                return started.elapsed();
-            }
-            Err(e) => {
-                assert!(
-                    started.elapsed() < limit,
-                    "`{key}` not taken within {limit:?}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use lockattr::{Error, Locker};
 use lockattr_tests::sentinel::RedisSentinel;
 
-use crate::wake_up_after_release;
+use crate::{take_within, wake_up_after_release};
 
 async fn locker(s: &RedisSentinel, replicas: Option<usize>) -> Locker {
     let mut b = Locker::sentinel(s.master_name(), s.sentinel_urls())
@@ -19,26 +19,6 @@ async fn locker(s: &RedisSentinel, replicas: Option<usize>) -> Locker {
     b.build()
         .await
         .expect("resolve the master through the sentinels")
-}
-
-/// Takes and releases `key`, retrying while a failover is under way; how long it took.
-async fn take_within(locker: &Locker, key: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        match locker.lock(key).wait(Duration::from_secs(5)).await {
-            Ok(g) => {
-                let _ = g.release().await;
-                return started.elapsed();
-            }
-            Err(e) => {
-                assert!(
-                    started.elapsed() < limit,
-                    "`{key}` not taken within {limit:?}: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
