@@ -170,7 +170,7 @@ const WATCH_AT_MOST: Duration = Duration::from_secs(30 * 60);
 ///   address: after a `SENTINEL FAILOVER` the old master keeps accepting writes until the
 ///   sentinels reconfigure it, and writes sent there would be lost without an error.
 ///
-/// Retries are bounded ([`ATTEMPTS`], about 6 s). A command that Redis certainly did not
+/// Retries are bounded (`ATTEMPTS`, about 6 s). A command that Redis certainly did not
 /// run (refused as above, or not sent because no master was reachable) is sent again to the
 /// new master. After an I/O error on a sent command only reads (`GET`, `LRANGE`, ..) are sent
 /// again: a write may have landed, so its error is returned (the section records the write as
