@@ -366,3 +366,57 @@ async fn lockers_leave_the_old_master_before_the_sentinels_reconfigure_it() {
         "lockers kept locking: {after} after the failover"
     );
 }
+
+/// Subscribed connections on each sentinel (`CLIENT LIST`).
+fn subscribers(s: &RedisSentinel) -> Vec<usize> {
+    s.sentinel_urls()
+        .iter()
+        .map(|url| {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut conn = client
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .unwrap();
+            let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+            list.lines()
+                .filter(|l| l.split(' ').any(|f| f.starts_with("sub=") && f != "sub=0"))
+                .count()
+        })
+        .collect()
+}
+
+/// A `Locker::sentinel` given one sentinel's URL watches every sentinel of the deployment (it
+/// finds the others with `SENTINEL SENTINELS`), and its subscriptions end with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sentinel_is_watched_and_the_watch_ends_with_the_locker() {
+    let s = tokio::task::block_in_place(RedisSentinel::start);
+    assert_eq!(subscribers(&s), vec![0; 3]);
+    let first = s.sentinel_urls()[0].clone();
+    let locker = Locker::sentinel(s.master_name(), [first])
+        .build()
+        .await
+        .expect("resolve the master through one sentinel");
+    // Bounded: the subscriptions are made in the background.
+    let mut watched = Vec::new();
+    for _ in 0..50 {
+        watched = tokio::task::block_in_place(|| subscribers(&s));
+        if watched == vec![1; 3] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(watched, vec![1; 3], "one subscription on each sentinel");
+    drop(locker);
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = tokio::task::block_in_place(|| subscribers(&s));
+        if left == vec![0; 3] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left,
+        vec![0; 3],
+        "no subscription left after the Locker is dropped"
+    );
+}
