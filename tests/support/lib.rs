@@ -484,6 +484,12 @@ pub(crate) fn run_cli(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
+/// The commands lockattr's locking sends (as `INFO commandstats` names them), for counting what
+/// reached a server that should not get any: an old master after a failover, another node.
+pub const LOCK_COMMANDS: [&str; 8] = [
+    "set", "evalsha", "eval", "pexpire", "pttl", "wait", "del", "time",
+];
+
 /// Parses `INFO commandstats` into command name -> calls.
 pub fn parse_commandstats(info: &str) -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();

@@ -139,9 +139,6 @@ impl std::fmt::Display for StaleTraffic {
 /// Watches the server on `port` (an old master) every 100 ms until `until`: which commands it
 /// still runs. Blocking; bounded by `until` and by a count.
 fn watch_old_master(port: u16, until: Instant) -> Result<StaleTraffic, String> {
-    const LOCK_COMMANDS: [&str; 8] = [
-        "set", "evalsha", "eval", "pexpire", "pttl", "wait", "del", "time",
-    ];
     let started = Instant::now();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let mut conn =
@@ -165,7 +162,7 @@ fn watch_old_master(port: u16, until: Instant) -> Result<StaleTraffic, String> {
             .map_err(|e| e.to_string())?;
         reset(&mut conn)?;
         let counts = lockattr_tests::parse_commandstats(&stats);
-        let locks: u64 = LOCK_COMMANDS
+        let locks: u64 = lockattr_tests::LOCK_COMMANDS
             .iter()
             .map(|c| counts.get(*c).copied().unwrap_or(0))
             .sum();

@@ -39,12 +39,13 @@ use super::conn::bounded;
 use crate::sync::lock;
 use crate::Error;
 
-/// The master in use: a connection, and a client for the pub/sub hub's own connection.
+/// The master in use: a connection, and a client for the pub/sub hub's own connection. Cloned
+/// for every command, so the client (its connection settings own strings) is shared.
 #[derive(Clone)]
 pub(crate) struct Current {
     generation: u64,
     pub(crate) conn: MultiplexedConnection,
-    pub(crate) client: redis::Client,
+    pub(crate) client: Arc<redis::Client>,
 }
 
 /// A Sentinel-managed master (see the module docs).
@@ -192,7 +193,7 @@ impl SentinelConn {
                     let found = Current {
                         generation,
                         conn,
-                        client,
+                        client: Arc::new(client),
                     };
                     *current = Some(found.clone());
                     return Ok(found);

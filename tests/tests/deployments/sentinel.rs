@@ -257,11 +257,6 @@ async fn fencing_tokens_keep_increasing_across_failovers() {
     }
 }
 
-/// Lock commands counted on an old master (`INFO commandstats`).
-const LOCK_COMMANDS: [&str; 8] = [
-    "set", "evalsha", "eval", "pexpire", "pttl", "wait", "del", "time",
-];
-
 /// After a `SENTINEL FAILOVER` the old master stays a master that accepts writes until the
 /// sentinels reconfigure it (up to 10 s later), and a lock it grants then is not seen by the new
 /// master. The failover leader announces `+switch-master` only once the other replicas follow
@@ -344,7 +339,7 @@ async fn lockers_leave_the_old_master_before_the_sentinels_reconfigure_it() {
     }
     let after = done.load(std::sync::atomic::Ordering::Relaxed) - before;
     let (counts, still_master) = watched;
-    let sent: BTreeMap<&str, u64> = LOCK_COMMANDS
+    let sent: BTreeMap<&str, u64> = lockattr_tests::LOCK_COMMANDS
         .iter()
         .filter_map(|c| counts.get(*c).map(|n| (*c, *n)))
         .collect();
