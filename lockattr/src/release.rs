@@ -66,6 +66,9 @@ use crate::store::Store;
 use crate::upkeep::{Gate, HeldSlot, Hold, Owned, Start};
 use crate::Error;
 
+/// A type-erased future (the handover path, see [`release`]).
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// Releases `hold` (see the module docs).
 pub(crate) async fn release(hold: Arc<Hold>) -> Result<(), Error> {
     let (slot, clock) = match hold.end() {
@@ -73,18 +76,41 @@ pub(crate) async fn release(hold: Arc<Hold>) -> Result<(), Error> {
         // The slot went on when the loss was declared; the key is someone else's now.
         Err(_) => return Err(hold.lost_error()),
     };
-    let store = hold.store.clone();
     let mut pending = Pending {
-        store: store.clone(),
+        store: hold.store.clone(),
         names: hold.names.clone(),
         tokens: Tokens::one(hold.token.clone()),
         slot: Some(slot),
         waiter: None,
     };
+    match pending.slot_mut().next_for_handoff() {
+        // Nobody of this process waits (the common case): the release goes to the store, in a
+        // future kept small; the handover path runs in a boxed future of its own.
+        None => release_in_store(pending, hold).await,
+        Some(waiter) => {
+            let hand: BoxFuture<'static, Result<(), Error>> =
+                Box::pin(hand_over(pending, hold, clock, waiter));
+            hand.await
+        }
+    }
+}
+
+/// Hands the lock to `first`, a local waiter, and on to the next ones while they take it; a
+/// lock no waiter takes is released in the store.
+async fn hand_over(
+    mut pending: Pending,
+    hold: Arc<Hold>,
+    clock: LeaseClock,
+    first: Waiter<Owned>,
+) -> Result<(), Error> {
     let mut current = hold;
     let mut clock = clock;
     let mut check = None;
-    while let Some(waiter) = pending.slot_mut().next_for_handoff() {
+    let mut first = Some(first);
+    while let Some(waiter) = first
+        .take()
+        .or_else(|| pending.slot_mut().next_for_handoff())
+    {
         let (next, waiter) = if current.chain + 1 < FENCE_SLOTS {
             let slot = pending.slot.take().expect("the slot is pending");
             pending.tokens = Tokens::default();
@@ -130,8 +156,15 @@ pub(crate) async fn release(hold: Arc<Hold>) -> Result<(), Error> {
             }
         }
     }
+    release_in_store(pending, current).await
+}
+
+/// Releases `current`'s lock in the store (a compare-and-delete that grants or announces it to
+/// other processes' waiters); `pending` owns what is left if this future is dropped.
+async fn release_in_store(mut pending: Pending, current: Arc<Hold>) -> Result<(), Error> {
     // A handed-over lock taken back (its waiter left) is released only after its check.
     current.ready().await;
+    let store = pending.store.clone();
     let until = store.deadline();
     let released = match store.release(&current.names, &current.token, until).await {
         // The connection broke under the release: send it again (a compare-and-delete is safe

@@ -167,7 +167,7 @@ impl Conn {
 
     /// Runs a script call; a script Redis does not know (after a restart, a `SCRIPT FLUSH`, or
     /// on a freshly promoted master) is loaded and the call sent once more.
-    pub(crate) async fn eval<T: redis::FromRedisValue>(
+    pub(crate) async fn eval<T: redis::FromRedisValue + Send>(
         &self,
         what: &'static str,
         call: &Call,
@@ -177,13 +177,26 @@ impl Conn {
             Err(Error::Redis(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
-                let mut load = redis::cmd("SCRIPT");
-                load.arg("LOAD").arg(call.script.code());
-                self.query::<String>(what, &load, until).await?;
-                self.query(what, &call.cmd, until).await
+                // Boxed: rare, and every release's future would otherwise carry it.
+                let reload: BoxFuture<'_, Result<T, Error>> =
+                    Box::pin(self.load_and_eval(what, call, until));
+                reload.await
             }
             other => other,
         }
+    }
+
+    /// Loads `call`'s script and sends `call` again (see [`eval`](Self::eval)).
+    async fn load_and_eval<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        call: &Call,
+        until: Instant,
+    ) -> Result<T, Error> {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(call.script.code());
+        self.query::<String>(what, &load, until).await?;
+        self.query(what, &call.cmd, until).await
     }
 
     /// Loads every script, so first uses skip the `NOSCRIPT` round trip. Best effort: scripts

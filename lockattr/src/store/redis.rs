@@ -29,6 +29,9 @@ use crate::protocol::{AttemptReply, ReleaseReply};
 use crate::scripts::{self, Call, Scripts};
 use crate::Error;
 
+/// A type-erased future (the attempts off the fast path).
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// A Redis deployment, as the lock state machine sees it.
 #[derive(Debug)]
 pub(crate) struct RedisStore {
@@ -166,6 +169,29 @@ impl RedisStore {
     }
 
     pub(crate) async fn attempt(
+        &self,
+        names: &RedisNames,
+        token: &str,
+        lease: Duration,
+        kind: AttemptKind<'_>,
+        until: Instant,
+    ) -> Result<AttemptReply, Error> {
+        if let (AttemptKind::Plain, None) = (kind, self.replicas) {
+            // The uncontended fast path, kept apart: every other attempt runs in a boxed future
+            // of its own, so that the future of every acquisition (boxed once per call) stays
+            // small.
+            let pipe = scripts::try_plain(names, token, lease);
+            let (taken, time): (Value, (u64, u64)) =
+                self.conn.query_pipe("acquire", &pipe, until).await?;
+            return Ok(scripts::decode_plain(&taken, time));
+        }
+        let slow: BoxFuture<'_, Result<AttemptReply, Error>> =
+            Box::pin(self.attempt_slow(names, token, lease, kind, until));
+        slow.await
+    }
+
+    /// [`attempt`](Self::attempt) with a script, or acknowledged by replicas.
+    async fn attempt_slow(
         &self,
         names: &RedisNames,
         token: &str,
