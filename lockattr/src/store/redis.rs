@@ -201,20 +201,15 @@ impl RedisStore {
     ) -> Result<AttemptReply, Error> {
         let (reply, acked) = match kind {
             AttemptKind::Plain => {
+                // Only with `wait_for_replicas`: `attempt` sends the others itself.
+                let (wait, ..) = self
+                    .wait_cmd()
+                    .expect("plain attempts without replicas take the fast path");
                 let mut pipe = scripts::try_plain(names, token, lease);
-                match self.wait_cmd() {
-                    None => {
-                        let (taken, time): (Value, (u64, u64)) =
-                            self.conn.query_pipe("acquire", &pipe, until).await?;
-                        return Ok(scripts::decode_plain(&taken, time));
-                    }
-                    Some((wait, ..)) => {
-                        pipe.add_command(wait);
-                        let (taken, time, acked): (Value, (u64, u64), usize) =
-                            self.conn.query_pipe("acquire", &pipe, until).await?;
-                        (scripts::decode_plain(&taken, time), acked)
-                    }
-                }
+                pipe.add_command(wait);
+                let (taken, time, acked): (Value, (u64, u64), usize) =
+                    self.conn.query_pipe("acquire", &pipe, until).await?;
+                (scripts::decode_plain(&taken, time), acked)
             }
             AttemptKind::Scripted {
                 registered,
