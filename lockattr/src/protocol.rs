@@ -110,14 +110,16 @@ pub(crate) const TOKEN_LEN: usize = 32;
 pub(crate) fn new_token() -> Token {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>();
-    // Written digit by digit: `format!` costs more than the random number.
-    let mut digits = String::with_capacity(TOKEN_LEN);
-    for i in 0..TOKEN_LEN {
-        digits.push(char::from(
-            HEX[usize::from((bits >> (124 - 4 * i)) as u8 & 0xf)],
-        ));
+    // Written digit by digit on the stack and copied once into the shared token: `format!`
+    // costs more than the random number, and a `String` would be a second allocation.
+    let mut digits = [0u8; TOKEN_LEN];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[usize::from((bits >> (124 - 4 * i)) as u8 & 0xf)];
     }
-    Token::from(digits)
+    match std::str::from_utf8(&digits) {
+        Ok(hex) => Token::from(hex),
+        Err(_) => unreachable!("hex digits are ASCII"),
+    }
 }
 
 /// An owner token, shared by everything that may have to release it (the holder, a release

@@ -179,7 +179,7 @@ impl Plan {
                 batch: 20,
                 counted_cycles: 200,
                 distinct_tasks: 64,
-                distinct_duration: Duration::from_millis(500),
+                distinct_duration: Duration::from_millis(900),
                 footprint_keys: 20_000,
                 contended_duration: Duration::from_millis(600),
                 max_acquisitions: 3_000,
@@ -191,7 +191,7 @@ impl Plan {
                 batch: 20,
                 counted_cycles: 200,
                 distinct_tasks: 64,
-                distinct_duration: Duration::from_millis(1200),
+                distinct_duration: Duration::from_millis(3600),
                 footprint_keys: 100_000,
                 contended_duration: Duration::from_millis(2500),
                 max_acquisitions: 20_000,
@@ -484,9 +484,10 @@ fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-/// Rounds of the 64-task scenarios: every implementation runs once per round, in turn, so that
-/// a change of machine load hits every row alike (the scenario is CPU-bound on 2 cores).
-pub const DISTINCT_ROUNDS: u64 = 3;
+/// Rounds of the 64-task scenarios: every implementation runs once per round, in turn (each
+/// round starting one implementation further on), so that a change of machine load hits every
+/// row alike (the scenario is CPU-bound on 2 cores).
+pub const DISTINCT_ROUNDS: u64 = 6;
 
 /// `plan.distinct_tasks` tasks on distinct keys, every implementation for
 /// `plan.distinct_duration` in all, split over [`DISTINCT_ROUNDS`] interleaved rounds.
@@ -518,7 +519,12 @@ fn distinct_scenario(
             },
             round + 1
         ));
-        for ((kind, imp), out) in impls.iter().zip(&mut rounds) {
+        // Each round starts one implementation further on: none always runs right after the
+        // same neighbour, or always first after the progress line.
+        let n = impls.len().max(1);
+        let start = usize::try_from(round).unwrap_or(0) % n;
+        for i in (start..impls.len()).chain(0..start) {
+            let ((kind, imp), out) = (&impls[i], &mut rounds[i]);
             let redis_before = Deploy::Server(server).redis_cpu_ns();
             let mut r = rt.block_on(simple::distinct_keys(
                 *kind,
