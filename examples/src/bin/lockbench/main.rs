@@ -27,7 +27,7 @@
 //!
 //! and prints markdown tables and a PASS/MISS list against the targets (`--plot` also draws the
 //! latency distributions). Every loop is bounded by a count and a deadline; the full run takes
-//! about 2 min on 2 cores, `--quick` about 40 s. BENCHMARKS.md explains every number.
+//! about 3 min on 2 cores, `--quick` about 50 s. BENCHMARKS.md explains every number.
 
 mod clock;
 mod cluster;
@@ -99,7 +99,7 @@ enum Internal {
 
 #[derive(Debug, clap::Args)]
 struct Options {
-    /// Fewer iterations (about 40 s instead of about 2 min)
+    /// Fewer iterations (about 50 s instead of about 3 min)
     #[arg(long)]
     quick: bool,
     /// How 1 ms critical sections pass
