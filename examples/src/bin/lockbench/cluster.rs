@@ -31,7 +31,7 @@ use crate::progress::Progress;
 use crate::report::{is_harness_command, ContendedRow};
 use crate::simple::{self, KeySource, Keys};
 use crate::stats::Summary;
-use crate::{contended_in_process, contended_two_procs, Plan, DISTINCT_ROUNDS};
+use crate::{contended_in_process, contended_two_procs, round_order, Plan, DISTINCT_ROUNDS};
 
 /// Masters of the bench's cluster.
 pub const MASTERS: usize = 3;
@@ -496,7 +496,8 @@ fn distinct_fresh(
             plan.distinct_tasks,
             round + 1
         ));
-        for (((on, kind, imp), out), total) in imps.iter().zip(&mut rounds).zip(&mut counts) {
+        for i in round_order(imps.len(), round) {
+            let ((on, kind, imp), out, total) = (&imps[i], &mut rounds[i], &mut counts[i]);
             let d = deploy(*on);
             d.reset_stats();
             let cpu_before = d.redis_cpu_ns();

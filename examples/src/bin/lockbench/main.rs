@@ -489,6 +489,13 @@ fn run(opts: Options) -> Result<()> {
 /// row alike (the scenario is CPU-bound on 2 cores).
 pub const DISTINCT_ROUNDS: u64 = 6;
 
+/// The order in which `len` implementations run in round `round` of [`DISTINCT_ROUNDS`]: each
+/// round starts one implementation further on, so that none always runs first or last.
+pub fn round_order(len: usize, round: u64) -> impl Iterator<Item = usize> {
+    let start = usize::try_from(round).unwrap_or(0) % len.max(1);
+    (start..len).chain(0..start)
+}
+
 /// `plan.distinct_tasks` tasks on distinct keys, every implementation for
 /// `plan.distinct_duration` in all, split over [`DISTINCT_ROUNDS`] interleaved rounds.
 fn distinct_scenario(
@@ -519,11 +526,7 @@ fn distinct_scenario(
             },
             round + 1
         ));
-        // Each round starts one implementation further on: none always runs right after the
-        // same neighbour, or always first after the progress line.
-        let n = impls.len().max(1);
-        let start = usize::try_from(round).unwrap_or(0) % n;
-        for i in (start..impls.len()).chain(0..start) {
+        for i in round_order(impls.len(), round) {
             let ((kind, imp), out) = (&impls[i], &mut rounds[i]);
             let redis_before = Deploy::Server(server).redis_cpu_ns();
             let mut r = rt.block_on(simple::distinct_keys(

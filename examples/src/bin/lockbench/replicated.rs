@@ -30,7 +30,7 @@ use crate::impls::{build, build_waited_floor, Kind, LockImpl};
 use crate::progress::Progress;
 use crate::simple::{self, KeySource, Keys};
 use crate::stats::Summary;
-use crate::{lock_commands, Plan, DISTINCT_ROUNDS};
+use crate::{lock_commands, round_order, Plan, DISTINCT_ROUNDS};
 
 /// Replicas the bench starts, and that `wait_for_replicas` waits for.
 pub const REPLICAS: usize = 1;
@@ -506,11 +506,13 @@ fn distinct(
             plan.distinct_tasks,
             round + 1
         ));
-        for (((variant, imp), out), (total, replica_total)) in imps
-            .iter()
-            .zip(&mut rounds)
-            .zip(counts.iter_mut().zip(&mut replica_cpu))
-        {
+        for i in round_order(imps.len(), round) {
+            let ((variant, imp), out, total, replica_total) = (
+                &imps[i],
+                &mut rounds[i],
+                &mut counts[i],
+                &mut replica_cpu[i],
+            );
             master.reset_stats();
             let (master_before, replica_before) = cpu();
             let mut r = rt.block_on(simple::distinct_keys(
