@@ -69,12 +69,19 @@ return {redis.call('PTTL', KEYS[1]), registered, 0}
 ///
 /// Commands: 3 (EVALSHA, GET, DEL), 4 with the announcement when marked, 5 for a grant
 /// (EVALSHA, GET, TIME, SET, PUBLISH), 2 when not ours.
-const RELEASE_BODY: &str = r"
+///
+/// The common case, a fast-path lock whose value is the bare token, is [`RELEASE_HEAD`]: it
+/// runs before the prelude's helpers are defined, so it does not pay for making them.
+const RELEASE_HEAD: &str = r"
 local value = redis.call('GET', KEYS[1])
 if value == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return 1
 end
+";
+
+/// The rest of the release (see [`RELEASE_HEAD`]); `value` is the lock's value.
+const RELEASE_BODY: &str = r"
 local owner, fence, mark, waiter, lease, since = parse(value)
 if owner ~= ARGV[1] then
   return 0
@@ -250,18 +257,20 @@ impl Scripts {
     }
 
     fn new(publish: &str) -> Scripts {
-        let script = |body: &str| {
+        // `head` runs before the prelude: a script's most common case may end there without
+        // defining the helpers it does not use.
+        let script = |head: &str, body: &str| {
             let body = body.replace("'PUBLISH'", &format!("'{publish}'"));
-            Lua::new(format!("{LUA_PRELUDE}{body}"))
+            Lua::new(format!("{head}{LUA_PRELUDE}{body}"))
         };
         Scripts {
-            acquire: script(ACQUIRE_BODY),
-            release: script(RELEASE_BODY),
-            handoff: script(HANDOFF_BODY),
-            renew: script(RENEW_BODY),
-            withdraw: script(WITHDRAW_BODY),
-            inspect: script(INSPECT_BODY),
-            force_unlock: script(FORCE_UNLOCK_BODY),
+            acquire: script("", ACQUIRE_BODY),
+            release: script(RELEASE_HEAD, RELEASE_BODY),
+            handoff: script("", HANDOFF_BODY),
+            renew: script("", RENEW_BODY),
+            withdraw: script("", WITHDRAW_BODY),
+            inspect: script("", INSPECT_BODY),
+            force_unlock: script("", FORCE_UNLOCK_BODY),
         }
     }
 
@@ -405,18 +414,48 @@ pub(crate) fn try_plain(names: &RedisNames, token: &str, lease: Duration) -> red
     pipe
 }
 
-/// Decodes [`try_plain`]'s reply: the `SET` answer (`OK` or nil) and `TIME`.
-pub(crate) fn decode_plain(taken: &Value, time: (u64, u64)) -> AttemptReply {
-    if matches!(taken, Value::Nil) {
-        AttemptReply::Busy {
+/// Decodes [`try_plain`]'s reply: the `SET` answer (`OK` or nil) and `TIME`'s (seconds and
+/// microseconds), the first two of `replies` (a pipeline may carry more commands after them).
+///
+/// Read from the pipeline's values directly: this runs for every uncontended acquisition, and
+/// redis-rs's typed conversion validates and copies each number's text on the way.
+pub(crate) fn decode_plain(replies: &Value) -> Result<AttemptReply, redis::RedisError> {
+    let bad = || unexpected("acquire", replies);
+    let Value::Array(items) = replies else {
+        return Err(bad());
+    };
+    let (Some(set), Some(Value::Array(time))) = (items.first(), items.get(1)) else {
+        return Err(bad());
+    };
+    match set {
+        Value::Nil => Ok(AttemptReply::Busy {
             holder_ttl: None,
             registered: false,
             foreign: false,
+        }),
+        Value::Okay => match time.as_slice() {
+            [secs, micros] => match (decimal(secs), decimal(micros)) {
+                (Some(secs), Some(micros)) => Ok(AttemptReply::Taken {
+                    fence: fence_from_time(secs, micros),
+                }),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// A non-negative integer reply: an integer, or a bulk string of 1 to 19 decimal digits.
+fn decimal(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(digits) if (1..=19).contains(&digits.len()) => {
+            digits.iter().try_fold(0u64, |n, &d| {
+                d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+            })
         }
-    } else {
-        AttemptReply::Taken {
-            fence: fence_from_time(time.0, time.1),
-        }
+        _ => None,
     }
 }
 
@@ -541,16 +580,49 @@ mod tests {
 
     #[test]
     fn plain_replies_decode() {
+        let time = |s: &str, us: &str| {
+            Value::Array(vec![
+                Value::BulkString(s.as_bytes().to_vec()),
+                Value::BulkString(us.as_bytes().to_vec()),
+            ])
+        };
+        let reply = |set: Value, time: Value| Value::Array(vec![set, time]);
         assert_eq!(
-            decode_plain(&Value::Okay, (1_764_578_644, 5)),
+            decode_plain(&reply(Value::Okay, time("1764578644", "5"))).unwrap(),
             AttemptReply::Taken {
                 fence: 176_457_864_400_000_500
             }
         );
+        // A pipeline with `WAIT` after `TIME`.
+        let mut with_wait = reply(Value::Okay, time("1764578644", "999999"));
+        if let Value::Array(items) = &mut with_wait {
+            items.push(Value::Int(1));
+        }
+        assert_eq!(
+            decode_plain(&with_wait).unwrap(),
+            AttemptReply::Taken {
+                fence: 176_457_864_499_999_900
+            }
+        );
         assert!(matches!(
-            decode_plain(&Value::Nil, (1, 2)),
+            decode_plain(&reply(Value::Nil, time("1", "2"))).unwrap(),
             AttemptReply::Busy { .. }
         ));
+        // Anything else is an error, never a lock taken with a made-up token.
+        for bad in [
+            reply(Value::Okay, time("", "5")),
+            reply(Value::Okay, time("17x", "5")),
+            reply(Value::Okay, time("-1", "5")),
+            reply(Value::Okay, time("99999999999999999999", "5")),
+            reply(Value::Okay, Value::Array(vec![Value::Int(1)])),
+            reply(Value::Int(1), time("1", "2")),
+            Value::Array(vec![Value::Okay]),
+            Value::Okay,
+        ] {
+            assert!(decode_plain(&bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(decimal(&Value::Int(7)), Some(7));
+        assert_eq!(decimal(&Value::Int(-7)), None);
     }
 
     #[test]
@@ -567,6 +639,16 @@ mod tests {
             .unwrap(),
             Some(("v".to_owned(), None))
         );
+    }
+
+    #[test]
+    fn release_of_a_bare_token_ends_before_the_prelude() {
+        for scripts in [Scripts::publishing(), Scripts::sharded()] {
+            let code = scripts.release.code();
+            assert!(code.starts_with(RELEASE_HEAD));
+            let prelude = code.find("local function").expect("the prelude follows");
+            assert!(code[..prelude].contains("return 1"));
+        }
     }
 
     #[test]

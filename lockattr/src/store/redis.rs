@@ -181,9 +181,8 @@ impl RedisStore {
             // of its own, so that the future of every acquisition (boxed once per call) stays
             // small.
             let pipe = scripts::try_plain(names, token, lease);
-            let (taken, time): (Value, (u64, u64)) =
-                self.conn.query_pipe("acquire", &pipe, until).await?;
-            return Ok(scripts::decode_plain(&taken, time));
+            let replies: Value = self.conn.query_pipe("acquire", &pipe, until).await?;
+            return scripts::decode_plain(&replies).map_err(Error::Redis);
         }
         let slow: BoxFuture<'_, Result<AttemptReply, Error>> =
             Box::pin(self.attempt_slow(names, token, lease, kind, until));
@@ -207,9 +206,25 @@ impl RedisStore {
                     .expect("plain attempts without replicas take the fast path");
                 let mut pipe = scripts::try_plain(names, token, lease);
                 pipe.add_command(wait);
-                let (taken, time, acked): (Value, (u64, u64), usize) =
-                    self.conn.query_pipe("acquire", &pipe, until).await?;
-                (scripts::decode_plain(&taken, time), acked)
+                let replies: Value = self.conn.query_pipe("acquire", &pipe, until).await?;
+                let acked = match &replies {
+                    Value::Array(items) => items.get(2).and_then(|v| match v {
+                        Value::Int(n) => usize::try_from(*n).ok(),
+                        _ => None,
+                    }),
+                    _ => None,
+                };
+                let Some(acked) = acked else {
+                    return Err(Error::Redis(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "unexpected reply to WAIT",
+                        format!("{replies:?}"),
+                    ))));
+                };
+                (
+                    scripts::decode_plain(&replies).map_err(Error::Redis)?,
+                    acked,
+                )
             }
             AttemptKind::Scripted {
                 registered,
