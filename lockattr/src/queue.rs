@@ -17,7 +17,7 @@
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,11 @@ pub(crate) struct Queues<T> {
     /// [`Slot::next_for_handoff`]).
     handoff_limit: u32,
     next_waiter: AtomicU64,
+    /// How many waiters the map holds, over every key; changed only under the map's lock.
+    /// Read without it by [`Slot::next_for_handoff`], so that a release nobody of this process
+    /// waits for does not take the lock: a waiter that queues just after that read finds the
+    /// slot passed to it by the slot's `Drop` instead (it then contends in the store).
+    queued: AtomicUsize,
 }
 
 impl<T> fmt::Debug for Queues<T> {
@@ -147,6 +152,7 @@ impl<T> Queues<T> {
             map: Mutex::new(HashMap::default()),
             handoff_limit,
             next_waiter: AtomicU64::new(1),
+            queued: AtomicUsize::new(0),
         })
     }
 
@@ -172,6 +178,7 @@ impl<T> Queues<T> {
                 lease,
                 renew,
             });
+            self.queued.fetch_add(1, Ordering::Relaxed);
             return Entry::Queued(Ticket {
                 queues: self.clone(),
                 name: Arc::from(name),
@@ -219,6 +226,7 @@ impl<T> Drop for Ticket<T> {
             if let Some(local) = map.get_mut(&*self.name) {
                 if let Some(pos) = local.waiters.iter().position(|w| w.id == self.id) {
                     local.waiters.remove(pos);
+                    self.queues.queued.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
@@ -230,13 +238,16 @@ impl<T> Drop for Ticket<T> {
 impl<T> Slot<T> {
     /// Takes the next waiter for an in-process handoff, if the handoff budget allows one.
     pub(crate) fn next_for_handoff(&mut self) -> Option<Waiter<T>> {
-        if self.handoffs_in_row >= self.queues.handoff_limit {
+        if self.handoffs_in_row >= self.queues.handoff_limit
+            || self.queues.queued.load(Ordering::Relaxed) == 0
+        {
             return None;
         }
         let w = lock(&self.queues.map)
             .get_mut(&*self.name)?
             .waiters
             .pop_front()?;
+        self.queues.queued.fetch_sub(1, Ordering::Relaxed);
         self.handoffs_in_row += 1;
         Some(w)
     }
@@ -268,6 +279,7 @@ impl<T> Drop for Slot<T> {
         };
         local.get_mut().holder = None;
         while let Some(w) = local.get_mut().waiters.pop_front() {
+            self.queues.queued.fetch_sub(1, Ordering::Relaxed);
             let slot = Slot {
                 queues: self.queues.clone(),
                 name: self.name.clone(),
@@ -326,6 +338,7 @@ mod tests {
         assert!(matches!(baton, Baton::Contend(_)));
         drop(baton);
         assert_eq!(q.waiting("k"), None, "the last owner removes the entry");
+        assert_eq!(q.queued.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -376,6 +389,15 @@ mod tests {
         );
         assert!(slot.next_for_handoff().is_none(), "budget of 2 used up");
         slot.taken_from_free();
-        assert!(slot.next_for_handoff().is_some());
+        assert_eq!(q.queued.load(Ordering::Relaxed), 1, "one ticket left");
+        let w = slot.next_for_handoff().unwrap();
+        assert_eq!(q.queued.load(Ordering::Relaxed), 0);
+        assert!(
+            slot.next_for_handoff().is_none(),
+            "nobody waits: no handoff, the map untouched"
+        );
+        drop((w, tickets, slot));
+        assert_eq!(q.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(q.waiting("k"), None);
     }
 }
