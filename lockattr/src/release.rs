@@ -166,11 +166,17 @@ async fn release_in_store(mut pending: Pending, current: Arc<Hold>) -> Result<()
     current.ready().await;
     let store = pending.store.clone();
     let until = store.deadline();
-    let released = match store.release(&current.names, &current.token, until).await {
+    // The store's call in a box of its own (see `Request::contend` in `wait`): this future and
+    // the store's each stay under the allocator's small-size cache, where together they would
+    // not.
+    let send = || -> BoxFuture<'_, Result<ReleaseReply, Error>> {
+        Box::pin(store.release(&current.names, &current.token, until))
+    };
+    let released = match send().await {
         // The connection broke under the release: send it again (a compare-and-delete is safe
         // to repeat), within the same deadline.
         Err(first) if first.is_connection_dropped() => {
-            match store.release(&current.names, &current.token, until).await {
+            match send().await {
                 // The first one may have released it: nothing says which, so the outcome stays
                 // unknown rather than a loss that may not have happened.
                 Ok(ReleaseReply::NotOurs) => Err(first),
