@@ -138,17 +138,21 @@ pub(crate) fn decide(reply: Result<AttemptReply, Error>, cx: Context) -> Decisio
 /// A token sent with an attempt whose outcome is not settled. Dropped while it still owns the
 /// token (the attempt's answer came too late, failed, or was never read), it withdraws the
 /// token in the background: the attempt may have taken the lock, or registered.
-pub(crate) struct InFlight {
-    pub(crate) store: Store,
-    pub(crate) names: Arc<RedisNames>,
+///
+/// It borrows the store and the names from the contender, which outlives it: an uncontended
+/// acquisition then touches no shared reference count for it (the store's is shared by every
+/// task of the `Locker`); only a withdrawal clones them.
+pub(crate) struct InFlight<'a> {
+    store: &'a Store,
+    names: &'a Arc<RedisNames>,
     token: Option<Token>,
 }
 
-impl InFlight {
-    pub(crate) fn new(store: &Store, names: &Arc<RedisNames>) -> Self {
+impl<'a> InFlight<'a> {
+    pub(crate) fn new(store: &'a Store, names: &'a Arc<RedisNames>) -> Self {
         InFlight {
-            store: store.clone(),
-            names: names.clone(),
+            store,
+            names,
             token: Some(crate::protocol::new_token()),
         }
     }
@@ -169,7 +173,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
             self.store.spawn_withdraw(self.names.clone(), token);
@@ -181,13 +185,13 @@ impl Drop for InFlight {
 /// attempt that registered it was sent (a grant's lease runs from later than that). Dropped
 /// while registered, it withdraws in the background (if it was granted the lock meanwhile, the
 /// lock is released).
-pub(crate) struct Registration {
-    flight: InFlight,
+pub(crate) struct Registration<'a> {
+    flight: InFlight<'a>,
     pub(crate) sent_at: Instant,
 }
 
-impl Registration {
-    pub(crate) fn new(flight: InFlight, sent_at: Instant) -> Self {
+impl<'a> Registration<'a> {
+    pub(crate) fn new(flight: InFlight<'a>, sent_at: Instant) -> Self {
         Registration { flight, sent_at }
     }
 

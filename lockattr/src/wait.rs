@@ -196,7 +196,7 @@ impl Request {
         } else {
             grant_lease(self.lease, self.renew)
         };
-        let mut registration: Option<Registration> = None;
+        let mut registration: Option<Registration<'_>> = None;
         loop {
             match step {
                 Step::Attempt(kind) => {
