@@ -164,7 +164,8 @@ async fn hand_over(
 async fn release_in_store(mut pending: Pending, current: Arc<Hold>) -> Result<(), Error> {
     // A handed-over lock taken back (its waiter left) is released only after its check.
     current.ready().await;
-    let store = pending.store.clone();
+    // The hold's own store (the same as `pending`'s), borrowed: no shared count to bump.
+    let store = &current.store;
     let until = store.deadline();
     // The store's call in a box of its own (see `Request::contend` in `wait`): this future and
     // the store's each stay under the allocator's small-size cache, where together they would
