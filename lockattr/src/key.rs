@@ -29,6 +29,16 @@ fn needs_escape(c: char) -> bool {
 }
 
 fn push_escaped(out: &mut String, s: &str, escape_colon: bool) {
+    // Most keys have nothing to escape: copy them whole (this runs on every acquisition). A
+    // byte scan, conservative: the only control characters outside ASCII (U+0080 to U+009F)
+    // start with the byte 0xC2, so a key with that byte takes the exact path below.
+    let may_escape = |b: &u8| {
+        matches!(b, 0x00..=0x1F | 0x7F | 0xC2 | b'%' | b'{' | b'}') || (escape_colon && *b == b':')
+    };
+    if !s.as_bytes().iter().any(may_escape) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         if needs_escape(c) || (escape_colon && c == ':') {
             let mut buf = [0u8; 4];
@@ -196,6 +206,44 @@ mod tests {
         assert_eq!(user("a\nb\0"), "a%0Ab%00");
         assert_eq!(user("é"), "é");
         assert_eq!(user("\u{85}"), "%C2%85");
+        // Characters that start with 0xC2 but are not controls stay as they are.
+        assert_eq!(user("\u{a0}\u{bf}x"), "\u{a0}\u{bf}x");
+        assert_eq!(user("x\u{9f}\u{a0}"), "x%C2%9F\u{a0}");
+    }
+
+    #[test]
+    fn the_whole_key_copy_agrees_with_the_escaping_of_every_character() {
+        // Every character that decides anything, alone and around plain text: the output is
+        // exactly the per-character escaping, whichever path produced it.
+        let chars = [
+            'a', 'Z', '0', ':', '%', '{', '}', '\0', '\n', '\u{1f}', ' ', '~', '\u{7f}', '\u{80}',
+            '\u{85}', '\u{9f}', '\u{a0}', '\u{ff}', '\u{100}', 'é', '€', '\u{2028}', '😀',
+        ];
+        for c in chars {
+            for s in [
+                c.to_string(),
+                format!("k:{c}"),
+                format!("{c}:k"),
+                format!("ab{c}{c}cd"),
+            ] {
+                for colon in [false, true] {
+                    let mut expected = String::new();
+                    for ch in s.chars() {
+                        if needs_escape(ch) || (colon && ch == ':') {
+                            let mut buf = [0u8; 4];
+                            for b in ch.encode_utf8(&mut buf).bytes() {
+                                expected.push_str(&format!("%{b:02X}"));
+                            }
+                        } else {
+                            expected.push(ch);
+                        }
+                    }
+                    let mut got = String::new();
+                    push_escaped(&mut got, &s, colon);
+                    assert_eq!(got, expected, "{s:?}, escape_colon {colon}");
+                }
+            }
+        }
     }
 
     #[test]
