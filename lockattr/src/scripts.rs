@@ -415,25 +415,19 @@ pub(crate) fn try_plain(names: &RedisNames, token: &str, lease: Duration) -> red
 }
 
 /// Decodes [`try_plain`]'s reply: the `SET` answer (`OK` or nil) and `TIME`'s (seconds and
-/// microseconds), the first two of `replies` (a pipeline may carry more commands after them).
+/// microseconds).
 ///
-/// Read from the pipeline's values directly: this runs for every uncontended acquisition, and
-/// redis-rs's typed conversion validates and copies each number's text on the way.
-pub(crate) fn decode_plain(replies: &Value) -> Result<AttemptReply, redis::RedisError> {
-    let bad = || unexpected("acquire", replies);
-    let Value::Array(items) = replies else {
-        return Err(bad());
-    };
-    let (Some(set), Some(Value::Array(time))) = (items.first(), items.get(1)) else {
-        return Err(bad());
-    };
-    match set {
-        Value::Nil => Ok(AttemptReply::Busy {
+/// `TIME`'s numbers are read from the values directly: this runs for every uncontended
+/// acquisition, and redis-rs's typed conversion validates and copies each number's text.
+pub(crate) fn decode_plain(set: &Value, time: &Value) -> Result<AttemptReply, redis::RedisError> {
+    let bad = || unexpected("acquire", &Value::Array(vec![set.clone(), time.clone()]));
+    match (set, time) {
+        (Value::Nil, _) => Ok(AttemptReply::Busy {
             holder_ttl: None,
             registered: false,
             foreign: false,
         }),
-        Value::Okay => match time.as_slice() {
+        (Value::Okay, Value::Array(time)) => match time.as_slice() {
             [secs, micros] => match (decimal(secs), decimal(micros)) {
                 (Some(secs), Some(micros)) => Ok(AttemptReply::Taken {
                     fence: fence_from_time(secs, micros),
@@ -586,40 +580,33 @@ mod tests {
                 Value::BulkString(us.as_bytes().to_vec()),
             ])
         };
-        let reply = |set: Value, time: Value| Value::Array(vec![set, time]);
         assert_eq!(
-            decode_plain(&reply(Value::Okay, time("1764578644", "5"))).unwrap(),
+            decode_plain(&Value::Okay, &time("1764578644", "5")).unwrap(),
             AttemptReply::Taken {
                 fence: 176_457_864_400_000_500
             }
         );
-        // A pipeline with `WAIT` after `TIME`.
-        let mut with_wait = reply(Value::Okay, time("1764578644", "999999"));
-        if let Value::Array(items) = &mut with_wait {
-            items.push(Value::Int(1));
-        }
         assert_eq!(
-            decode_plain(&with_wait).unwrap(),
+            decode_plain(&Value::Okay, &time("1764578644", "999999")).unwrap(),
             AttemptReply::Taken {
                 fence: 176_457_864_499_999_900
             }
         );
         assert!(matches!(
-            decode_plain(&reply(Value::Nil, time("1", "2"))).unwrap(),
+            decode_plain(&Value::Nil, &time("1", "2")).unwrap(),
             AttemptReply::Busy { .. }
         ));
         // Anything else is an error, never a lock taken with a made-up token.
-        for bad in [
-            reply(Value::Okay, time("", "5")),
-            reply(Value::Okay, time("17x", "5")),
-            reply(Value::Okay, time("-1", "5")),
-            reply(Value::Okay, time("99999999999999999999", "5")),
-            reply(Value::Okay, Value::Array(vec![Value::Int(1)])),
-            reply(Value::Int(1), time("1", "2")),
-            Value::Array(vec![Value::Okay]),
-            Value::Okay,
+        for (set, time) in [
+            (Value::Okay, time("", "5")),
+            (Value::Okay, time("17x", "5")),
+            (Value::Okay, time("-1", "5")),
+            (Value::Okay, time("99999999999999999999", "5")),
+            (Value::Okay, Value::Array(vec![Value::Int(1)])),
+            (Value::Okay, Value::Nil),
+            (Value::Int(1), time("1", "2")),
         ] {
-            assert!(decode_plain(&bad).is_err(), "{bad:?}");
+            assert!(decode_plain(&set, &time).is_err(), "{set:?} {time:?}");
         }
         assert_eq!(decimal(&Value::Int(7)), Some(7));
         assert_eq!(decimal(&Value::Int(-7)), None);

@@ -181,8 +181,8 @@ impl RedisStore {
             // of its own, so that the future of every acquisition (boxed once per call) stays
             // small.
             let pipe = scripts::try_plain(names, token, lease);
-            let replies: Value = self.conn.query_pipe("acquire", &pipe, until).await?;
-            return scripts::decode_plain(&replies).map_err(Error::Redis);
+            let (set, time): (Value, Value) = self.conn.query_pipe("acquire", &pipe, until).await?;
+            return scripts::decode_plain(&set, &time).map_err(Error::Redis);
         }
         let slow: BoxFuture<'_, Result<AttemptReply, Error>> =
             Box::pin(self.attempt_slow(names, token, lease, kind, until));
@@ -206,23 +206,10 @@ impl RedisStore {
                     .expect("plain attempts without replicas take the fast path");
                 let mut pipe = scripts::try_plain(names, token, lease);
                 pipe.add_command(wait);
-                let replies: Value = self.conn.query_pipe("acquire", &pipe, until).await?;
-                let acked = match &replies {
-                    Value::Array(items) => items.get(2).and_then(|v| match v {
-                        Value::Int(n) => usize::try_from(*n).ok(),
-                        _ => None,
-                    }),
-                    _ => None,
-                };
-                let Some(acked) = acked else {
-                    return Err(Error::Redis(redis::RedisError::from((
-                        redis::ErrorKind::UnexpectedReturnType,
-                        "unexpected reply to WAIT",
-                        format!("{replies:?}"),
-                    ))));
-                };
+                let (set, time, acked): (Value, Value, usize) =
+                    self.conn.query_pipe("acquire", &pipe, until).await?;
                 (
-                    scripts::decode_plain(&replies).map_err(Error::Redis)?,
+                    scripts::decode_plain(&set, &time).map_err(Error::Redis)?,
                     acked,
                 )
             }
