@@ -742,6 +742,17 @@ mod tests {
             matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
             "a cut connection should be reset, got {read:?}"
         );
+        // Send the next command only once the proxy has reset both connections, so it is never
+        // in flight while the proxy tears the connection down (once, on a loaded machine, a GET
+        // sent in that moment got neither a reply nor an error for 10 s: redis-rs's connection
+        // here has no response timeout).
+        let closed = (0..400)
+            .map(|_| {
+                std::thread::sleep(5 * MS);
+                proxy.open_connections()
+            })
+            .find(|&n| n == 0);
+        assert_eq!(closed, Some(0), "a cut closes every connection");
         let err = bounded("GET after cut", async {
             // The reset reaches redis-rs's connection task asynchronously; a command sent in
             // the moment before may still be written into the dead socket and fail the same way.
