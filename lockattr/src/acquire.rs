@@ -38,9 +38,10 @@ pub(crate) enum Via {
 /// The next step after an attempt.
 #[derive(Debug)]
 pub(crate) enum Decision {
-    /// The lock is ours under `via`'s token, with this fencing token; the attempt (sent at the
-    /// time the caller measured) set the lease to the request's lease.
-    Hold { via: Via, fence: u64 },
+    /// The lock is ours under `via`'s token, with this fencing token (`None`: taken by the fast
+    /// path, issued when first asked for); the attempt (sent at the time the caller measured)
+    /// set the lease to the request's lease.
+    Hold { via: Via, fence: Option<u64> },
     /// Try again at once: the reply came too late to be used safely, or the connection broke
     /// under the attempt (once).
     Retry,
@@ -99,7 +100,7 @@ pub(crate) fn decide(reply: Result<AttemptReply, Error>, cx: Context) -> Decisio
             if cx.registered {
                 Decision::Hold {
                     via: Via::Registration,
-                    fence,
+                    fence: Some(fence),
                 }
             } else {
                 Decision::Fail(Error::Redis(redis::RedisError::from((
@@ -238,23 +239,23 @@ mod tests {
 
     #[test]
     fn taken_in_time_is_held_and_late_is_retried() {
-        let d = decide(Ok(AttemptReply::Taken { fence: 5 }), cx(Kind::Plain));
+        let d = decide(Ok(AttemptReply::Taken { fence: Some(5) }), cx(Kind::Plain));
         assert!(matches!(
             d,
             Decision::Hold {
                 via: Via::Attempt,
-                fence: 5
+                fence: Some(5)
             }
         ));
         let mut late = cx(Kind::Plain);
         late.now = late.sent_at + Duration::from_millis(950); // the deadline (1 s - 50 ms)
         assert!(matches!(
-            decide(Ok(AttemptReply::Taken { fence: 5 }), late),
+            decide(Ok(AttemptReply::Taken { fence: Some(5) }), late),
             Decision::Retry
         ));
         late.wait_over = true;
         assert!(matches!(
-            decide(Ok(AttemptReply::Taken { fence: 5 }), late),
+            decide(Ok(AttemptReply::Taken { fence: Some(5) }), late),
             Decision::TimedOut
         ));
     }
@@ -271,7 +272,7 @@ mod tests {
             decide(Ok(AttemptReply::Granted { fence: 9 }), c),
             Decision::Hold {
                 via: Via::Registration,
-                fence: 9
+                fence: Some(9)
             }
         ));
     }

@@ -2,7 +2,13 @@
 //! inside the critical section, and for re-entry.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use tracing::Span;
+
+use crate::upkeep::Hold;
+use crate::Error;
 
 tokio::task_local! {
     static HELD: Arc<HeldByTask>;
@@ -13,7 +19,9 @@ tokio::task_local! {
 pub(crate) struct HeldByTask {
     locker: usize,
     lock: String,
-    fence: u64,
+    hold: Arc<Hold>,
+    /// The `lock.held` span, to record a token issued inside the critical section.
+    span: Span,
     outer: Option<Arc<HeldByTask>>,
 }
 
@@ -31,21 +39,37 @@ impl HeldByTask {
 }
 
 /// The fencing token of the innermost lock the current task holds under
-/// [`LockRequest::run`](crate::LockRequest::run) or `#[distributed_lock]`, or `None` outside
-/// of one.
+/// [`LockRequest::run`](crate::LockRequest::run) or `#[distributed_lock]`: the same as
+/// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token) for that lock (issued by Redis
+/// the first time it is asked for, one round trip, when the lock was taken by the uncontended
+/// fast path; at once otherwise).
 ///
 /// ```no_run
 /// #[lockattr::distributed_lock(key = "account:<id>")]
 /// async fn debit(id: u64, cents: u64) -> Result<(), lockattr::Error> {
-///     let token = lockattr::fencing_token().expect("inside a lock");
+///     let token = lockattr::fencing_token().await?;
 ///     // UPDATE accounts SET balance = balance - $cents, fence = $token
 ///     //  WHERE id = $id AND fence < $token
 ///     # let _ = (token, cents);
 ///     Ok(())
 /// }
 /// ```
-pub fn fencing_token() -> Option<u64> {
-    HELD.try_with(|h| h.fence).ok()
+///
+/// # Errors
+/// [`Error::NotInCriticalSection`] outside of one (a task spawned from a critical section is
+/// outside it too); otherwise those of [`LockGuard::fencing_token`](crate::LockGuard::fencing_token).
+pub async fn fencing_token() -> Result<u64, Error> {
+    let held = HELD
+        .try_with(Arc::clone)
+        .map_err(|_| Error::NotInCriticalSection)?;
+    if let Some(fence) = held.hold.known_fence() {
+        return Ok(fence);
+    }
+    // Boxed, like the guard's methods: the store's future reaches deep into redis-rs, and the
+    // critical section's future would otherwise carry its layout.
+    let fence: Pin<Box<dyn Future<Output = Result<u64, Error>> + Send + '_>> =
+        Box::pin(held.hold.fencing_token(&held.span));
+    fence.await
 }
 
 /// Whether the current task already holds `lock` of the locker `locker` under `run`.
@@ -53,12 +77,19 @@ pub(crate) fn holds(locker: usize, lock: &str) -> bool {
     HELD.try_with(|h| h.find(locker, lock)).unwrap_or(false)
 }
 
-/// Runs `fut` as the critical section of `lock` (fencing token `fence`).
-pub(crate) async fn scope<F: Future>(locker: usize, lock: String, fence: u64, fut: F) -> F::Output {
+/// Runs `fut` as the critical section of `lock`, held by `hold` (its `lock.held` span `span`).
+pub(crate) async fn scope<F: Future>(
+    locker: usize,
+    lock: String,
+    hold: Arc<Hold>,
+    span: Span,
+    fut: F,
+) -> F::Output {
     let held = Arc::new(HeldByTask {
         locker,
         lock,
-        fence,
+        hold,
+        span,
         outer: HELD.try_with(Arc::clone).ok(),
     });
     HELD.scope(held, fut).await

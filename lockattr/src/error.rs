@@ -55,6 +55,10 @@ pub enum Error {
     /// A lock was requested without a `Locker`: no `locker = ..` argument was given and no
     /// process default was installed with [`set_default`](crate::set_default).
     NotConfigured,
+    /// [`fencing_token()`](crate::fencing_token) was called outside a critical section: it
+    /// answers only inside a function under `#[distributed_lock]` or a future run by
+    /// [`LockRequest::run`](crate::LockRequest::run), on the task that runs it.
+    NotInCriticalSection,
     /// A setting given to [`LockerBuilder`](crate::LockerBuilder) or to a request is out of range.
     InvalidConfig {
         /// What is wrong and what range is accepted.
@@ -178,6 +182,12 @@ impl fmt::Display for Error {
                 "no lock backend configured: call `lockattr::set_default(locker)` at startup or \
                  pass `locker = ..` to `#[distributed_lock]`"
             ),
+            Error::NotInCriticalSection => write!(
+                f,
+                "`lockattr::fencing_token()` was called outside a critical section: call it in a \
+                 function under `#[distributed_lock]` or a future run by `LockRequest::run` (not \
+                 in a task spawned from it), or use `LockGuard::fencing_token`"
+            ),
             Error::InvalidConfig { reason } => write!(f, "invalid lock configuration: {reason}"),
             Error::Redis(e) => write!(
                 f,
@@ -252,6 +262,9 @@ mod tests {
         assert!(e.to_string().contains("`party:1`"));
         assert!(e.to_string().contains("raise `wait`"));
         assert!(Error::NotConfigured.to_string().contains("set_default"));
+        assert!(Error::NotInCriticalSection
+            .to_string()
+            .contains("`#[distributed_lock]`"));
         let t = Error::OperationTimeout {
             operation: "acquire",
             after: Duration::from_secs(2),

@@ -56,7 +56,7 @@ pub struct LockGuard {
 impl LockGuard {
     /// The guard of a lock just acquired; its `lock.held` span is a child of the current span.
     pub(crate) fn new(owned: Owned) -> Self {
-        let span = observe::held_span(&owned.hold().key, owned.hold().fence);
+        let span = observe::held_span(&owned.hold().key, owned.hold().known_fence());
         LockGuard {
             owned: Some(owned),
             span,
@@ -77,7 +77,7 @@ impl LockGuard {
         }
     }
 
-    fn hold(&self) -> &Arc<Hold> {
+    pub(crate) fn hold(&self) -> &Arc<Hold> {
         // `owned` is only `None` inside `release`/`drop`, which consume the guard.
         self.owned
             .as_ref()
@@ -90,16 +90,47 @@ impl LockGuard {
         &self.hold().key
     }
 
-    /// The fencing token of this acquisition: a number strictly greater than the token of every
-    /// earlier holder of the same key on this Redis, issued by Redis (its clock, in
-    /// microseconds; see the crate docs for the one caveat, a Redis clock that is set back).
+    /// The fencing token of this hold: a number strictly greater than the token of every
+    /// earlier holder of the same key on this Redis and smaller than every later holder's,
+    /// issued by Redis (its clock, in microseconds; see the crate docs for the one caveat, a
+    /// Redis clock that is set back).
     ///
     /// A lock alone cannot stop a holder that was paused (GC, swap, a stopped VM) past its lease
     /// from writing after the next holder started. Pass this token along with every write to
     /// storage that remembers the highest token it has seen per resource and rejects smaller
     /// ones; then the stale writer is refused.
-    pub fn fencing_token(&self) -> u64 {
-        self.hold().fence
+    ///
+    /// **When it is issued.** A lock taken by the uncontended fast path (a plain `SET NX PX`)
+    /// has no token yet: the first call issues it, in one round trip (a script checks that the
+    /// lock is still this guard's, reads Redis's clock and records the token in the lock's
+    /// value). A lock taken after waiting, by a direct grant or through a handover has its
+    /// token at once, as does a local handover from a holder that had one. Later calls return
+    /// the same token without a round trip. A critical section that never uses the token never
+    /// pays for it.
+    ///
+    /// ```no_run
+    /// # async fn demo(locker: lockattr::Locker) -> Result<(), lockattr::Error> {
+    /// let guard = locker.lock("account:7").await?;
+    /// let token = guard.fencing_token().await?;
+    /// // UPDATE accounts SET balance = $new, fence = $token WHERE id = 7 AND fence < $token
+    /// # let _ = token;
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Lost`] when the lock was lost before its token was issued (a lost lock gets no
+    /// token, so nothing can be written with it); [`Error::Redis`] or
+    /// [`Error::OperationTimeout`] when Redis did not answer (the lock is unaffected; call
+    /// again).
+    pub async fn fencing_token(&self) -> Result<u64, Error> {
+        if let Some(fence) = self.hold().known_fence() {
+            return Ok(fence);
+        }
+        let fence: BoxFuture<'_, Result<u64, Error>> =
+            Box::pin(self.hold().fencing_token(&self.span));
+        fence.await
     }
 
     /// `true` while the lock is held: it was not found lost and its deadline (see the type
@@ -201,7 +232,7 @@ impl fmt::Debug for LockGuard {
                 let hold = owned.hold();
                 f.debug_struct("LockGuard")
                     .field("key", &hold.key)
-                    .field("fencing_token", &hold.fence)
+                    .field("fencing_token", &hold.known_fence())
                     .field("lost", &matches!(hold.phase(), Phase::Lost(_)))
                     .finish_non_exhaustive()
             }

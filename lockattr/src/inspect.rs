@@ -13,15 +13,17 @@ pub struct LockInfo {
     /// How much longer the lock lasts unless its holder renews it (Redis's remaining TTL);
     /// `None` when the key has no TTL, which only a value lockattr did not write can lack.
     pub remaining_lease: Option<Duration>,
-    /// The holder's fencing token, when it is known: Redis records it with every lock taken
-    /// through a script (a contended acquisition, a direct grant, a handover) and when a lock
-    /// taken by the uncontended fast path is first renewed (after a third of its lease); a
-    /// holder in this `Locker` is known in any case. `None` otherwise: the fast path does not
-    /// spend a command on writing it down.
+    /// The holder's fencing token, once it has one: a lock taken through a script (a contended
+    /// acquisition, a direct grant, a handover) has it at once, and Redis records it; a lock
+    /// taken by the uncontended fast path has none until its holder first asks for it
+    /// ([`LockGuard::fencing_token`](crate::LockGuard::fencing_token)), which records it.
+    /// `None` otherwise.
     pub fencing_token: Option<u64>,
-    /// When the lock was taken from Redis (by the current holder, or by the first of the
-    /// holders it was handed on between in this process), by Redis's clock (fencing tokens are
-    /// that clock in microseconds times 100), when the token is known.
+    /// When the holder's fencing token was issued, by Redis's clock (tokens are that clock in
+    /// microseconds times 100), when there is one: for a lock taken through a script, when it
+    /// was taken from Redis (by the current holder, or by the first of the holders it was
+    /// handed on between in this process); for a fast-path lock, when its holder first asked
+    /// for the token, which is some time after it took the lock.
     pub held_since: Option<SystemTime>,
     /// A contender of another process or `Locker` found the lock busy: its release will be
     /// announced to it.

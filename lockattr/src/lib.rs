@@ -34,7 +34,7 @@
 //!
 //! let locker = lockattr::Locker::connect("redis://127.0.0.1:6379").await?;
 //! let guard = locker.lock("party:42").wait(Duration::from_secs(5)).await?;
-//! // ... critical section; guard.fencing_token() orders this holder after all earlier ones ...
+//! // ... critical section; guard.fencing_token().await? orders this holder after all earlier ones ...
 //! guard.release().await?;
 //! # Ok(())
 //! # }
@@ -54,19 +54,24 @@
 //!   returns [`Error::Lost`], instead of going on unprotected. A loss that only the final
 //!   release finds (the key was deleted or taken over) makes the call return [`Error::Lost`]
 //!   too.
-//! * **Fencing tokens.** Every acquisition of a key gets a number strictly greater than the
-//!   previous holder's ([`LockGuard::fencing_token`], [`fencing_token()`]), issued by Redis in
-//!   the same round trip: Redis's clock in microseconds, times 100 (the 99 numbers above
-//!   belong to in-process handovers of that acquisition). Storage that remembers the highest
-//!   token per resource can reject a stale holder's writes. No holder ever sees a token Redis
-//!   did not issue.
+//! * **Fencing tokens.** Every holder of a key can have a number strictly greater than every
+//!   earlier holder's and smaller than every later one's ([`LockGuard::fencing_token`],
+//!   [`fencing_token()`]), issued by Redis: Redis's clock in microseconds while the lock was
+//!   held, times 100 (the 99 numbers above belong to in-process handovers that follow). A lock
+//!   taken after waiting, by a grant or a handover has it at once; one taken by the
+//!   uncontended fast path gets it the first time its holder asks (one round trip, in which
+//!   Redis also checks that the lock is still the holder's: a lost lock gets no token), so a
+//!   critical section that never uses a token never pays for it. Storage that remembers the
+//!   highest token per resource can reject a stale holder's writes. No holder ever sees a
+//!   token Redis did not issue.
 //! * **Redis 6 or newer.** Release announcements use RESP3 pushes; `SET ... KEEPTTL` marks
 //!   waiters.
 //! * **Waiting without spinning.** Tasks of one process that want the same key queue locally;
 //!   only one talks to Redis. It marks the busy lock, registers for it and sleeps until the
 //!   release is announced on the lock's pub/sub channel (one shared subscription per contended
 //!   key per process), with the holder's TTL as a fallback timer. An uncontended lock is taken
-//!   with a plain `SET NX PX` + `TIME` (no script) and released without any announcement.
+//!   with a plain `SET NX PX` (no script, the same one command as a hand-rolled lock) and
+//!   released by a compare-and-delete script without any announcement.
 //! * **Direct grants between processes.** The release of a lock another process waits for hands
 //!   the lock straight to that waiter in the same script, with the waiter's lease and the next
 //!   fencing token, and announces it: the waiter holds the lock when the message arrives, with
@@ -204,8 +209,9 @@
 //! * **Clocks.** Redis expires keys by its own wall clock, and fencing tokens are that clock
 //!   in microseconds times 100 (about 1.8 × 10¹⁷ in 2026; they fit a `u64`, and a signed
 //!   64-bit database column until 2262). A token is always above the previous holder's,
-//!   because a whole client round trip separates the two acquisitions, unless the Redis host's clock is *set back*: then a key
-//!   taken again within that step can get a smaller token. A clock set *forward* ends leases
+//!   because at least a whole client round trip separates the two readings of the clock,
+//!   unless the Redis host's clock is *set back*: then a key taken again within that step can
+//!   get a smaller token. A clock set *forward* ends leases
 //!   early. Run Redis for locks on a host whose clock is slewed, not stepped (the NTP and chrony
 //!   defaults after the first sync). The guard considers the lease over at its deadline by the
 //!   local monotonic clock (see [`LockGuard`]), never later than Redis's expiry unless the two
@@ -218,9 +224,11 @@
 //!
 //! * `lock.acquire` from the request until the lock is held or the wait ends: fields `key`,
 //!   `wait`, `waited`, `outcome` (`acquired`, `timed out`, `failed`, `cancelled`) and
-//!   `fencing_token`;
+//!   `fencing_token` (when the lock was taken with one: after waiting, by a grant or a
+//!   handover);
 //! * `lock.held` for the critical section, until the guard is released or dropped: fields
-//!   `key`, `fencing_token`, `held`, `outcome` (`released`, `lost`, `failed`, `dropped`). A
+//!   `key`, `fencing_token` (at once, or when a fast-path lock's holder first asks for it),
+//!   `held`, `outcome` (`released`, `lost`, `failed`, `dropped`). A
 //!   body under [`LockRequest::run`] or the attribute runs inside it, so its own spans are
 //!   children of the lock's.
 //!

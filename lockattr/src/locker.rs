@@ -329,7 +329,7 @@ impl Locker {
             &value,
             pttl,
             local_waiters,
-            local.as_ref().map(|(t, f)| (&**t, *f)),
+            local.as_ref().and_then(|(t, f)| Some((&**t, (*f)?))),
         )))
     }
 

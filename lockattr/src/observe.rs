@@ -5,17 +5,20 @@
 //!
 //! * `lock.acquire`: from the request until the lock is held or the wait ends. Fields `key`,
 //!   `wait` (the budget), and, when it ends, `waited`, `outcome` (`acquired`, `timed out`,
-//!   `failed`) and, when acquired, `fencing_token`.
+//!   `failed`) and, when acquired with a fencing token at once (through a script, a grant or a
+//!   handover), `fencing_token`.
 //! * `lock.held`: the critical section, from the acquisition until the guard is released or
-//!   dropped. Fields `key`, `fencing_token`, and, when it ends, `held` and `outcome`
+//!   dropped. Fields `key`, `fencing_token` (at once when known; for a lock taken by the fast
+//!   path, when the holder first asks for it), and, when it ends, `held` and `outcome`
 //!   (`released`, `lost`, `failed`: Redis did not confirm the release, or `dropped`: released
 //!   in the background). Under [`LockRequest::run`](crate::LockRequest::run) and the attribute
 //!   the body runs inside it, so the body's own spans are its children.
 //!
 //! A re-entrant call (a nested `run` for a key the task holds) opens no spans.
 //!
-//! Events (target `lockattr`): `acquired` (debug: key, waited, fencing token), `handed_off`
-//! (trace), `timed_out` (info), `renew_failed` (warn), `lost` (warn), `released` (trace).
+//! Events (target `lockattr`): `acquired` (debug: key, waited, fencing token when known),
+//! `fenced` (debug: a fast-path lock's token issued), `handed_off` (trace), `timed_out` (info),
+//! `renew_failed` (warn), `lost` (warn), `released` (trace).
 //!
 //! Metrics (feature `metrics`, through the `metrics` facade): counters
 //! `lockattr_acquired_total`, `lockattr_timeouts_total`, `lockattr_lost_total`,
@@ -44,7 +47,7 @@ pub(crate) fn acquire_span(key: &str, wait: Duration) -> Span {
 }
 
 /// Records how the acquisition of `span`, started at `started`, ended.
-pub(crate) fn acquire_ended(span: &Span, started: Instant, result: Result<u64, &Error>) {
+pub(crate) fn acquire_ended(span: &Span, started: Instant, result: Result<Option<u64>, &Error>) {
     if span.is_disabled() {
         // Nobody listens: recording would still build every value (and read the clock).
         return;
@@ -53,7 +56,9 @@ pub(crate) fn acquire_ended(span: &Span, started: Instant, result: Result<u64, &
     match result {
         Ok(fence) => {
             span.record("outcome", "acquired");
-            span.record("fencing_token", fence);
+            if let Some(fence) = fence {
+                span.record("fencing_token", fence);
+            }
         }
         Err(Error::Timeout { .. }) => {
             span.record("outcome", "timed out");
@@ -65,15 +70,24 @@ pub(crate) fn acquire_ended(span: &Span, started: Instant, result: Result<u64, &
 }
 
 /// A new `lock.held` span (see the module docs), a child of the current span.
-pub(crate) fn held_span(key: &str, fencing_token: u64) -> Span {
-    tracing::info_span!(
+pub(crate) fn held_span(key: &str, fencing_token: Option<u64>) -> Span {
+    let span = tracing::info_span!(
         target: "lockattr",
         "lock.held",
         key,
-        fencing_token,
+        fencing_token = Empty,
         held = Empty,
         outcome = Empty,
-    )
+    );
+    if let Some(fence) = fencing_token {
+        span.record("fencing_token", fence);
+    }
+    span
+}
+
+/// Records the fencing token of the `lock.held` span `span`, issued after it began.
+pub(crate) fn held_fenced(span: &Span, fencing_token: u64) {
+    span.record("fencing_token", fencing_token);
 }
 
 /// Records how the critical section of `span`, which began at `since`, ended.
@@ -94,7 +108,7 @@ pub(crate) fn release_outcome(result: &Result<(), Error>) -> &'static str {
     }
 }
 
-pub(crate) fn acquired(key: &str, waited: Duration, fencing_token: u64) {
+pub(crate) fn acquired(key: &str, waited: Duration, fencing_token: Option<u64>) {
     tracing::debug!(target: "lockattr", key, ?waited, fencing_token, "lock acquired");
     #[cfg(feature = "metrics")]
     {
@@ -103,7 +117,11 @@ pub(crate) fn acquired(key: &str, waited: Duration, fencing_token: u64) {
     }
 }
 
-pub(crate) fn handed_off(key: &str, fencing_token: u64) {
+pub(crate) fn fenced(key: &str, fencing_token: u64) {
+    tracing::debug!(target: "lockattr", key, fencing_token, "fencing token issued");
+}
+
+pub(crate) fn handed_off(key: &str, fencing_token: Option<u64>) {
     tracing::trace!(target: "lockattr", key, fencing_token, "lock handed to a local waiter");
     #[cfg(feature = "metrics")]
     metrics::counter!("lockattr_handoffs_total").increment(1);

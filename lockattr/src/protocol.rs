@@ -9,10 +9,11 @@
 //! owner, waiter = 32 lowercase hex digits (a random 128-bit token per acquisition)
 //! ```
 //!
-//! * `T`: held by token `T`; taken by the uncontended fast path, which does not write its
-//!   fencing token into the value (see [Fencing tokens](#fencing-tokens)).
-//! * `T@F`: held by `T` with fencing token `F` (every scripted way to take a lock, and a renewal
-//!   of a fast-path lock, records it).
+//! * `T`: held by token `T`; taken by the uncontended fast path, which issues no fencing token
+//!   (see [Fencing tokens](#fencing-tokens)).
+//! * `T@F`: held by `T` with fencing token `F` (every scripted way to take a lock records it,
+//!   as does the first request for a fast-path lock's token, and a renewal after a local
+//!   handover).
 //! * `...!`: a contender found the lock busy and may be waiting for its release, so the
 //!   release announces itself on the lock's channel. An unmarked lock's release is silent: an
 //!   uncontended lock never pays for a `PUBLISH`.
@@ -26,25 +27,36 @@
 //!
 //! # Fencing tokens
 //!
-//! A fencing token is Redis's clock in microseconds (`TIME`) when the lock was taken, times
-//! [`FENCE_SLOTS`] (100), raised above the previous holder's token where a script knows it.
-//! Only multiples of 100 are ever issued by Redis: the 99 numbers above an acquisition's token
-//! belong to it, for the in-process handovers that follow it (the `n`-th next local holder
-//! gets the token plus `n`; see `release`).
+//! A fencing token is Redis's clock in microseconds (`TIME`) at a moment the lock was held,
+//! times [`FENCE_SLOTS`] (100), raised above the previous holder's token where a script knows
+//! it. Only multiples of 100 are ever issued by Redis: the 99 numbers above an issued token
+//! belong to that holder's lock, for the in-process handovers that follow it (the `n`-th next
+//! local holder gets the token plus `n`; see `release`).
 //!
-//! * **Fast path.** An uncontended acquisition pipelines `SET key T NX PX lease` and `TIME` in
-//!   one round trip, no script; the token is `TIME`'s answer times 100. The next holder of the
-//!   key takes it only after this lock ended: released (this holder releases only after it
-//!   received its token, so a whole client round trip lies between its `TIME` and the release)
-//!   or expired (at least a lease after the `SET`). If the pipeline's `TIME` ran late, after the
-//!   lease had run out in Redis (the two commands split across reads and delayed), its answer
-//!   arrives after `sent + lease` by the local clock, and the attempt is thrown away (the local
-//!   deadline rules; see `lease`). So the next holder's `TIME` is at least a microsecond later,
-//!   and its token above every number reserved for this one.
+//! * **Fast path: issued when first asked for.** An uncontended acquisition is `SET key T NX
+//!   PX lease` alone: no script, no `TIME`, the raw floor's one command. The lock has no token
+//!   yet. The first time its holder asks for one, the `FENCE` script checks that the value's
+//!   owner is still `T`, reads `TIME`, and writes `T@F` (keeping the TTL and any mark), `F`
+//!   being `max(TIME × 100, the next multiple of 100 above a token the value records)`.
+//!   Why `F` is above every earlier holder's token and below every later one's:
+//!   * every earlier holder's token was issued (by a script or by `TIME` inside one) while that
+//!     holder held the key, and that hold ended (released, or expired) before this `SET`
+//!     succeeded, which is before `FENCE` ran: Redis runs one command at a time, so `FENCE`'s
+//!     `TIME` is later than theirs, by at least a client round trip (far more than the clock's
+//!     1 µs step), hence a higher multiple of 100 than theirs and every number they reserved;
+//!   * `FENCE` ran while `T` owned the key (it checked, atomically), so every later holder's
+//!     `SET` or script runs after it, and their `TIME` is later still;
+//!   * a lock that is not `T`'s any more (expired, taken over) gets no token: the caller learns
+//!     that the lock is lost instead of a number it could write with.
+//!
+//!   The holder keeps the first token it was given; concurrent first requests of one holder
+//!   may each run `FENCE` (the later one writes a higher token into the value, which only
+//!   raises the floor for later holders). A holder that never asks never pays for it.
 //! * **Scripts** (the contended attempt, a direct grant inside the release, a handover through
 //!   Redis) compute `max(TIME × 100, the next multiple of 100 above the previous token)` where
-//!   they know the previous token, and write the token into the value. A renewal records the
-//!   token of a local handover in the value, so the next script knows it.
+//!   they know the previous token, and write the token into the value: those locks have their
+//!   token at once. A renewal records the token of a local handover in the value, so the next
+//!   script knows it.
 //! * **Nothing to lose.** No counter is kept in Redis: tokens keep increasing across a Redis
 //!   restart without persistence, and the keys a lock leaves behind are only the lock itself,
 //!   while it is held. A failover to a replica keeps them increasing as long as the replica's
@@ -228,8 +240,9 @@ pub(crate) fn fence_from_time(secs: u64, micros: u64) -> u64 {
 /// What an attempt's reply says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AttemptReply {
-    /// Taken with the attempt's token, with this fencing token.
-    Taken { fence: u64 },
+    /// Taken with the attempt's token, with this fencing token; `None` for the fast path,
+    /// whose token is issued when first asked for (see [Fencing tokens](self#fencing-tokens)).
+    Taken { fence: Option<u64> },
     /// Granted earlier to the token the contender registered with (its lease now renewed from
     /// this attempt), with this fencing token.
     Granted { fence: u64 },

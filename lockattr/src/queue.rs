@@ -55,9 +55,10 @@ impl<T> fmt::Debug for Queues<T> {
 
 struct KeyLocal<T> {
     waiters: VecDeque<Waiter<T>>,
-    /// The token and fencing token of this process's holder, while one holds the lock (for
-    /// inspection: the fast path does not write the fencing token into the store).
-    holder: Option<(Token, u64)>,
+    /// The token and fencing token (if known when it started) of this process's holder, while
+    /// one holds the lock (for inspection: a local handover's token is recorded in the store
+    /// only by the renewal that confirms it).
+    holder: Option<(Token, Option<u64>)>,
 }
 
 /// A task waiting for the slot.
@@ -214,7 +215,7 @@ impl<T> Queues<T> {
     }
 
     /// The token and fencing token of this process's holder of `name`, if one holds it.
-    pub(crate) fn holder(&self, name: &str) -> Option<(Token, u64)> {
+    pub(crate) fn holder(&self, name: &str) -> Option<(Token, Option<u64>)> {
         lock(&self.map).get(name).and_then(|l| l.holder.clone())
     }
 }
@@ -253,7 +254,7 @@ impl<T> Slot<T> {
     }
 
     /// Records who holds the lock now (see [`Queues::holder`]).
-    pub(crate) fn set_holder(&self, token: &Token, fence: u64) {
+    pub(crate) fn set_holder(&self, token: &Token, fence: Option<u64>) {
         if let Some(local) = lock(&self.queues.map).get_mut(&*self.name) {
             local.holder = Some((token.clone(), fence));
         }
@@ -331,7 +332,7 @@ mod tests {
             Some(2),
             "the contending owner and the queued task"
         );
-        slot.set_holder(&Token::from("t"), 1);
+        slot.set_holder(&Token::from("t"), Some(1));
         assert_eq!(q.waiting("k"), Some(1), "the owner holds the lock now");
         drop(slot);
         let baton = ticket.rx.as_mut().unwrap().try_recv().unwrap();

@@ -23,14 +23,16 @@
 //!   the last confirmed lease-setting command set; a renewal the previous holder still had in
 //!   flight can only lengthen the lease in the store (it asks for the same lease, later). A next
 //!   holder with a shorter fixed lease ends sooner, and its loss frees the key.
-//! * *Its fencing token was issued by the store.* Every acquisition's token is Redis's clock in
-//!   microseconds times [`FENCE_SLOTS`] (100); the 99 numbers above it are the acquisition's,
+//! * *Its fencing token was issued by the store.* Every token the store issues is Redis's clock
+//!   in microseconds times [`FENCE_SLOTS`] (100); the 99 numbers above it are the holder's,
 //!   for the local handovers that follow it: the `n`-th next holder's token is the issued one
-//!   plus `n`. No other holder can ever be issued one of them: every later acquisition's token
-//!   comes from Redis's clock read after this lock ended, which happened at least a client round
-//!   trip (far more than the clock's 1 µs step) after the clock gave this one, so it is a
-//!   higher multiple of 100 (and a script that finds the clock not past a token uses the
-//!   token plus one, see `protocol`). A chain that has used all 99 goes through the store
+//!   plus `n`. No other holder can ever be issued one of them: every later token comes from
+//!   Redis's clock read after this lock ended, which happened at least a client round trip
+//!   (far more than the clock's 1 µs step) after the clock gave this one, so it is a higher
+//!   multiple of 100 (and a script that finds the clock not past a token uses the next
+//!   multiple, see `protocol`). A holder whose lock has no token yet (taken by the fast path,
+//!   nobody asked) hands on none: the next holder's is issued when it asks, like any fast-path
+//!   lock's, and counts on from there. A chain that has used all 99 goes through the store
 //!   ([`HANDOFF_BODY`](crate::scripts)), which issues a fresh token.
 //! * *The store confirms it after the fact.* A check ([`check_handover`]) sent after every
 //!   command of the previous holder renews the lock under the token, for the next holder's
@@ -131,7 +133,7 @@ async fn hand_over(
                 Handoff::Over(result) => return result,
             }
         };
-        observe::handed_off(&current.key, next.hold().fence);
+        observe::handed_off(&current.key, next.hold().known_fence());
         match waiter.give_lock(next) {
             Ok(()) => {
                 return match check.take() {
@@ -230,7 +232,7 @@ async fn handoff_in_store(pending: &mut Pending, current: &Arc<Hold>) -> Handoff
         .handoff(
             &current.names,
             &current.token,
-            current.fence,
+            current.known_fence(),
             &token,
             lease,
             store.deadline(),
@@ -287,7 +289,9 @@ impl Hold {
                 key: self.key.clone(),
                 names: self.names.clone(),
                 token: self.token.clone(),
-                fence: self.fence + 1,
+                // Not issued yet (a fast-path lock whose token nobody asked for): the next
+                // holder's is issued when it asks, above every earlier one (see `protocol`).
+                fence: self.known_fence().map(|f| f + 1),
                 chain: self.chain + 1,
                 clock: clock.handed_over(Instant::now(), waiter.lease, waiter.renew),
                 renew: waiter.renew,
@@ -314,7 +318,7 @@ impl Hold {
                 key: self.key.clone(),
                 names: self.names.clone(),
                 token,
-                fence,
+                fence: Some(fence),
                 chain: 0,
                 clock: LeaseClock::new(sent_at, waiter.lease, waiter.lease),
                 renew: waiter.renew,
@@ -357,7 +361,7 @@ async fn check_handover(
                 .renew(
                     &next.names,
                     &next.token,
-                    next.fence,
+                    next.known_fence(),
                     lease,
                     store.deadline(),
                 )

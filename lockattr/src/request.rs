@@ -32,7 +32,7 @@ use crate::Error;
 ///     .wait(Duration::from_secs(5))   // give up after 5 s: Err(Error::Timeout)
 ///     .lease(Duration::from_secs(10)) // Redis TTL, renewed every 10/3 s while held
 ///     .await?;
-/// println!("fencing token {}", guard.fencing_token());
+/// println!("fencing token {}", guard.fencing_token().await?);
 /// guard.release().await?;
 /// # Ok(())
 /// # }
@@ -130,11 +130,11 @@ impl LockRequest {
     /// let total = locker
     ///     .lock("stock:42")
     ///     .run(async {
-    ///         let token = lockattr::fencing_token().unwrap();
+    ///         let token = lockattr::fencing_token().await?;
     ///         // read, check, write with `token` ...
-    ///         token
+    ///         Ok::<_, lockattr::Error>(token)
     ///     })
-    ///     .await?;
+    ///     .await??;
     /// # let _ = total;
     /// # Ok(())
     /// # }
@@ -158,13 +158,19 @@ impl LockRequest {
         }
         let guard = self.await?;
         let lost = guard.lost();
-        let out = context::scope(locker, lock, guard.fencing_token(), async {
-            tokio::select! {
-                biased;
-                () = lost => None,
-                out = fut => Some(out),
-            }
-        })
+        let out = context::scope(
+            locker,
+            lock,
+            guard.hold().clone(),
+            guard.span().clone(),
+            async {
+                tokio::select! {
+                    biased;
+                    () = lost => None,
+                    out = fut => Some(out),
+                }
+            },
+        )
         .instrument(guard.span().clone())
         .await;
         let key = guard.key().to_owned();
@@ -208,7 +214,7 @@ impl LockRequest {
         } else {
             contend.instrument(span.span.clone()).await
         };
-        span.end(result.as_ref().map(|owned| owned.hold().fence));
+        span.end(result.as_ref().map(|owned| owned.hold().known_fence()));
         // After the `lock.acquire` span: `lock.held` is its sibling, not its child.
         result.map(LockGuard::new)
     }
@@ -248,7 +254,7 @@ impl LockRequest {
                 };
                 match baton {
                     Ok(Ok(Baton::Held(owned))) => {
-                        observe::acquired(&req.key, started.elapsed(), owned.hold().fence);
+                        observe::acquired(&req.key, started.elapsed(), owned.hold().known_fence());
                         return Ok(owned);
                     }
                     Ok(Ok(Baton::Contend(slot))) => slot,
@@ -270,7 +276,7 @@ struct AcquireSpan {
 }
 
 impl AcquireSpan {
-    fn end(&mut self, result: Result<u64, &Error>) {
+    fn end(&mut self, result: Result<Option<u64>, &Error>) {
         self.ended = true;
         observe::acquire_ended(&self.span, self.started, result);
     }

@@ -19,7 +19,7 @@ use redis::{Cmd, Script, Value};
 
 use crate::config::millis;
 use crate::key::RedisNames;
-use crate::protocol::{fence_from_time, AttemptReply, ReleaseReply, LUA_PRELUDE};
+use crate::protocol::{AttemptReply, ReleaseReply, LUA_PRELUDE};
 
 /// Take a free lock, or find it granted to this contender's registration; otherwise mark it
 /// and register for a direct grant.
@@ -70,11 +70,13 @@ return {redis.call('PTTL', KEYS[1]), registered, 0}
 /// Commands: 3 (EVALSHA, GET, DEL), 4 with the announcement when marked, 5 for a grant
 /// (EVALSHA, GET, TIME, SET, PUBLISH), 2 when not ours.
 ///
-/// The common case, a fast-path lock whose value is the bare token, is [`RELEASE_HEAD`]: it
-/// runs before the prelude's helpers are defined, so it does not pay for making them.
+/// The common case, an unmarked lock (the bare token of a fast-path lock, or the token and its
+/// fencing token: `T` or `T@F`), is [`RELEASE_HEAD`]: it runs before the prelude's helpers are
+/// defined, so it does not pay for making them.
 const RELEASE_HEAD: &str = r"
 local value = redis.call('GET', KEYS[1])
-if value == ARGV[1] then
+if value == ARGV[1] or (value and string.sub(value, 1, 33) == ARGV[1] .. '@'
+    and not string.find(value, '!', 34, true)) then
   redis.call('DEL', KEYS[1])
   return 1
 end
@@ -127,11 +129,12 @@ return f
 ";
 
 /// Extend the lease of a held lock (the lease upkeep's renewal, and `LockGuard::extend`), and
-/// record the holder's fencing token in a value that lacks it (a lock taken by the fast path)
-/// or carries an earlier holder's (a local handover keeps the lock under one token).
+/// record the holder's fencing token, when it has one, in a value that lacks it or carries an
+/// earlier holder's (a local handover keeps the lock under one token).
 ///
 /// * `KEYS[1]` the lock
-/// * `ARGV[1]` token, `ARGV[2]` lease ms, `ARGV[3]` the holder's fencing token
+/// * `ARGV[1]` token, `ARGV[2]` lease ms, `ARGV[3]` the holder's fencing token (`''` when it
+///   has none yet: a fast-path lock whose token was not asked for)
 /// * returns `1` when extended, `0` when the lock was not ours
 ///
 /// Commands: 3 (EVALSHA, GET, PEXPIRE or SET), 2 when not ours.
@@ -140,11 +143,45 @@ local owner, fence, mark = parse(redis.call('GET', KEYS[1]))
 if owner ~= ARGV[1] then
   return 0
 end
-if fence ~= ARGV[3] then
+if ARGV[3] ~= '' and fence ~= ARGV[3] then
   redis.call('SET', KEYS[1], owner .. '@' .. ARGV[3] .. (mark or ''), 'PX', ARGV[2])
   return 1
 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+";
+
+/// Issue the fencing token of a held lock that has none yet (taken by the fast path, see
+/// `protocol`): Redis's clock, raised above a token the value records, written into the value
+/// so that later scripts know it. Checked against the owner first: a lock that is not ours any
+/// more gets no token.
+///
+/// * `KEYS[1]` the lock
+/// * `ARGV[1]` token
+/// * returns the fencing token (a string of digits), or `0` when the lock was not ours
+///
+/// Commands: 4 (EVALSHA, GET, TIME, SET), 2 when not ours.
+///
+/// The common case, a fast-path lock nobody marked (the value is the bare token), is
+/// [`FENCE_HEAD`], which runs before the prelude's helpers are defined (like [`RELEASE_HEAD`]).
+const FENCE_HEAD: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value == ARGV[1] then
+  local t = redis.call('TIME')
+  local f = t[1] .. string.format('%06d', tonumber(t[2])) .. '00'
+  redis.call('SET', KEYS[1], value .. '@' .. f, 'KEEPTTL')
+  return f
+end
+";
+
+/// The rest of the fencing-token script (see [`FENCE_HEAD`]); `value` is the lock's value.
+const FENCE_BODY: &str = r"
+local owner, fence, mark = parse(value)
+if owner ~= ARGV[1] then
+  return 0
+end
+local f = fence_after(clock(), fence)
+redis.call('SET', KEYS[1], owner .. '@' .. f .. (mark or ''), 'KEEPTTL')
+return f
 ";
 
 /// A token goes away that may hold the lock or be its registered waiter (a waiter that timed
@@ -218,6 +255,7 @@ pub(crate) struct Scripts {
     release: Lua,
     handoff: Lua,
     renew: Lua,
+    fence: Lua,
     withdraw: Lua,
     inspect: Lua,
     force_unlock: Lua,
@@ -268,6 +306,7 @@ impl Scripts {
             release: script(RELEASE_HEAD, RELEASE_BODY),
             handoff: script("", HANDOFF_BODY),
             renew: script("", RENEW_BODY),
+            fence: script(FENCE_HEAD, FENCE_BODY),
             withdraw: script("", WITHDRAW_BODY),
             inspect: script("", INSPECT_BODY),
             force_unlock: script("", FORCE_UNLOCK_BODY),
@@ -275,12 +314,13 @@ impl Scripts {
     }
 
     /// Every script, for loading them when a `Locker` is built.
-    pub(crate) fn all(&self) -> [&Lua; 7] {
+    pub(crate) fn all(&self) -> [&Lua; 8] {
         [
             &self.acquire,
             &self.release,
             &self.handoff,
             &self.renew,
+            &self.fence,
             &self.withdraw,
             &self.inspect,
             &self.force_unlock,
@@ -313,12 +353,13 @@ impl Scripts {
         call
     }
 
-    /// [`HANDOFF_BODY`] from `old_token` (fencing token `old_fence`) to `new_token`.
+    /// [`HANDOFF_BODY`] from `old_token` (fencing token `old_fence`, if it has one) to
+    /// `new_token`.
     pub(crate) fn handoff(
         &'static self,
         names: &RedisNames,
         old_token: &str,
-        old_fence: u64,
+        old_fence: Option<u64>,
         new_token: &str,
         lease: Duration,
     ) -> Call {
@@ -332,16 +373,17 @@ impl Scripts {
             .arg(old_token)
             .arg(new_token)
             .arg(millis(lease))
-            .arg(old_fence);
+            .arg(fence_arg(old_fence));
         call
     }
 
-    /// [`RENEW_BODY`] for `token` (fencing token `fence`), setting the lease to `lease`.
+    /// [`RENEW_BODY`] for `token` (fencing token `fence`, if it has one), setting the lease to
+    /// `lease`.
     pub(crate) fn renew(
         &'static self,
         names: &RedisNames,
         token: &str,
-        fence: u64,
+        fence: Option<u64>,
         lease: Duration,
     ) -> Call {
         let mut call = evalsha(&self.renew, 3, names.lock().len() + token.len() + 48);
@@ -349,7 +391,14 @@ impl Scripts {
             .arg(names.lock())
             .arg(token)
             .arg(millis(lease))
-            .arg(fence);
+            .arg(fence_arg(fence));
+        call
+    }
+
+    /// [`FENCE_BODY`] for `token`.
+    pub(crate) fn fence(&'static self, names: &RedisNames, token: &str) -> Call {
+        let mut call = evalsha(&self.fence, 1, names.lock().len() + token.len());
+        call.cmd.arg(names.lock()).arg(token);
         call
     }
 
@@ -375,6 +424,11 @@ impl Scripts {
     }
 }
 
+/// A fencing token as a script argument: its digits, or `''` for none.
+fn fence_arg(fence: Option<u64>) -> String {
+    fence.map(|f| f.to_string()).unwrap_or_default()
+}
+
 /// `EVALSHA <script> 1 <lock>`-shaped commands, sized up front; the caller appends the lock and
 /// `args` arguments.
 ///
@@ -395,10 +449,10 @@ pub(crate) struct Call {
     pub(crate) cmd: Cmd,
 }
 
-/// The uncontended fast path: `SET lock token NX PX lease` and `TIME`, pipelined in one round
-/// trip with no script (see `protocol` for why the token is safe). The reply decodes with
-/// [`decode_plain`].
-pub(crate) fn try_plain(names: &RedisNames, token: &str, lease: Duration) -> redis::Pipeline {
+/// The uncontended fast path: `SET lock token NX PX lease`, alone, no script. The lock has
+/// no fencing token yet: it is issued when first asked for ([`FENCE_BODY`]; see `protocol` for
+/// why that is safe). The reply decodes with [`decode_plain`].
+pub(crate) fn try_plain(names: &RedisNames, token: &str, lease: Duration) -> Cmd {
     // Sized up front (like `evalsha`): built for every uncontended acquisition.
     let mut set = Cmd::with_capacity(6, names.lock().len() + token.len() + 32);
     set.arg("SET")
@@ -407,49 +461,19 @@ pub(crate) fn try_plain(names: &RedisNames, token: &str, lease: Duration) -> red
         .arg("NX")
         .arg("PX")
         .arg(millis(lease));
-    let mut time = Cmd::with_capacity(1, 4);
-    time.arg("TIME");
-    let mut pipe = redis::Pipeline::with_capacity(3);
-    pipe.add_command(set).add_command(time);
-    pipe
+    set
 }
 
-/// Decodes [`try_plain`]'s reply: the `SET` answer (`OK` or nil) and `TIME`'s (seconds and
-/// microseconds).
-///
-/// `TIME`'s numbers are read from the values directly: this runs for every uncontended
-/// acquisition, and redis-rs's typed conversion validates and copies each number's text.
-pub(crate) fn decode_plain(set: &Value, time: &Value) -> Result<AttemptReply, redis::RedisError> {
-    let bad = || unexpected("acquire", &Value::Array(vec![set.clone(), time.clone()]));
-    match (set, time) {
-        (Value::Nil, _) => Ok(AttemptReply::Busy {
+/// Decodes [`try_plain`]'s reply: `OK` when taken, nil when the key exists.
+pub(crate) fn decode_plain(set: &Value) -> Result<AttemptReply, redis::RedisError> {
+    match set {
+        Value::Nil => Ok(AttemptReply::Busy {
             holder_ttl: None,
             registered: false,
             foreign: false,
         }),
-        (Value::Okay, Value::Array(time)) => match time.as_slice() {
-            [secs, micros] => match (decimal(secs), decimal(micros)) {
-                (Some(secs), Some(micros)) => Ok(AttemptReply::Taken {
-                    fence: fence_from_time(secs, micros),
-                }),
-                _ => Err(bad()),
-            },
-            _ => Err(bad()),
-        },
-        _ => Err(bad()),
-    }
-}
-
-/// A non-negative integer reply: an integer, or a bulk string of 1 to 19 decimal digits.
-fn decimal(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        Value::BulkString(digits) if (1..=19).contains(&digits.len()) => {
-            digits.iter().try_fold(0u64, |n, &d| {
-                d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
-            })
-        }
-        _ => None,
+        Value::Okay => Ok(AttemptReply::Taken { fence: None }),
+        _ => Err(unexpected("acquire", set)),
     }
 }
 
@@ -457,7 +481,7 @@ fn decimal(v: &Value) -> Option<u64> {
 pub(crate) fn decode_acquire(reply: &Value) -> Result<AttemptReply, redis::RedisError> {
     match reply {
         Value::Int(_) | Value::BulkString(_) => decode_fence(reply)
-            .map(|fence| AttemptReply::Taken { fence })
+            .map(|fence| AttemptReply::Taken { fence: Some(fence) })
             .ok_or_else(|| unexpected("acquire", reply)),
         Value::Array(items) => match items.as_slice() {
             [f @ (Value::Int(_) | Value::BulkString(_))] => decode_fence(f)
@@ -512,7 +536,7 @@ pub(crate) fn decode_inspect(
     }
 }
 
-fn unexpected(script: &str, reply: &Value) -> redis::RedisError {
+pub(crate) fn unexpected(script: &str, reply: &Value) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
         "unexpected reply from a lockattr script",
@@ -529,7 +553,7 @@ mod tests {
         assert_eq!(
             decode_acquire(&Value::BulkString(b"176457864412345600".to_vec())).unwrap(),
             AttemptReply::Taken {
-                fence: 176_457_864_412_345_600
+                fence: Some(176_457_864_412_345_600)
             }
         );
         assert_eq!(
@@ -574,42 +598,22 @@ mod tests {
 
     #[test]
     fn plain_replies_decode() {
-        let time = |s: &str, us: &str| {
-            Value::Array(vec![
-                Value::BulkString(s.as_bytes().to_vec()),
-                Value::BulkString(us.as_bytes().to_vec()),
-            ])
-        };
         assert_eq!(
-            decode_plain(&Value::Okay, &time("1764578644", "5")).unwrap(),
-            AttemptReply::Taken {
-                fence: 176_457_864_400_000_500
-            }
-        );
-        assert_eq!(
-            decode_plain(&Value::Okay, &time("1764578644", "999999")).unwrap(),
-            AttemptReply::Taken {
-                fence: 176_457_864_499_999_900
-            }
+            decode_plain(&Value::Okay).unwrap(),
+            AttemptReply::Taken { fence: None }
         );
         assert!(matches!(
-            decode_plain(&Value::Nil, &time("1", "2")).unwrap(),
+            decode_plain(&Value::Nil).unwrap(),
             AttemptReply::Busy { .. }
         ));
-        // Anything else is an error, never a lock taken with a made-up token.
-        for (set, time) in [
-            (Value::Okay, time("", "5")),
-            (Value::Okay, time("17x", "5")),
-            (Value::Okay, time("-1", "5")),
-            (Value::Okay, time("99999999999999999999", "5")),
-            (Value::Okay, Value::Array(vec![Value::Int(1)])),
-            (Value::Okay, Value::Nil),
-            (Value::Int(1), time("1", "2")),
+        // Anything else is an error, never a lock counted as taken.
+        for set in [
+            Value::Int(1),
+            Value::BulkString(b"OK".to_vec()),
+            Value::Array(vec![]),
         ] {
-            assert!(decode_plain(&set, &time).is_err(), "{set:?} {time:?}");
+            assert!(decode_plain(&set).is_err(), "{set:?}");
         }
-        assert_eq!(decimal(&Value::Int(7)), Some(7));
-        assert_eq!(decimal(&Value::Int(-7)), None);
     }
 
     #[test]
@@ -629,12 +633,16 @@ mod tests {
     }
 
     #[test]
-    fn release_of_a_bare_token_ends_before_the_prelude() {
+    fn release_and_fence_of_a_bare_token_end_before_the_prelude() {
         for scripts in [Scripts::publishing(), Scripts::sharded()] {
-            let code = scripts.release.code();
-            assert!(code.starts_with(RELEASE_HEAD));
-            let prelude = code.find("local function").expect("the prelude follows");
-            assert!(code[..prelude].contains("return 1"));
+            for (code, head, ends) in [
+                (scripts.release.code(), RELEASE_HEAD, "return 1"),
+                (scripts.fence.code(), FENCE_HEAD, "return f"),
+            ] {
+                assert!(code.starts_with(head));
+                let prelude = code.find("local function").expect("the prelude follows");
+                assert!(code[..prelude].contains(ends));
+            }
         }
     }
 

@@ -62,7 +62,8 @@ pub(crate) struct Hold {
     pub(crate) key: Arc<str>,
     pub(crate) names: Arc<RedisNames>,
     pub(crate) token: Token,
-    pub(crate) fence: u64,
+    /// The fencing token, `0` until it is issued (see [`Hold::fencing_token`]).
+    fence: AtomicU64,
     /// See [`Start::chain`].
     pub(crate) chain: u64,
     pub(crate) renew: bool,
@@ -88,9 +89,10 @@ pub(crate) struct Start {
     pub(crate) key: Arc<str>,
     pub(crate) names: Arc<RedisNames>,
     pub(crate) token: Token,
-    pub(crate) fence: u64,
-    /// Local handovers since the store issued `fence` (see `release`): the hold's token is the
-    /// issued one plus this.
+    /// The fencing token, if the lock has one yet (a lock taken by the fast path has none until
+    /// it is asked for, see `protocol`).
+    pub(crate) fence: Option<u64>,
+    /// Local handovers since the store issued the lock under `token` (see `release`).
     pub(crate) chain: u64,
     /// Until when the lock is held, and the lease renewals ask for.
     pub(crate) clock: LeaseClock,
@@ -132,7 +134,7 @@ impl fmt::Debug for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hold")
             .field("key", &self.key)
-            .field("fence", &self.fence)
+            .field("fence", &self.known_fence())
             .field("phase", &self.state().clock.phase())
             .finish_non_exhaustive()
     }
@@ -155,7 +157,7 @@ impl Hold {
             key: start.key,
             names: start.names,
             token: start.token,
-            fence: start.fence,
+            fence: AtomicU64::new(start.fence.unwrap_or(0)),
             chain: start.chain,
             renew: start.renew,
             gate: start.gate,
@@ -174,6 +176,66 @@ impl Hold {
             hold.schedule(&mut st, due);
         }
         Owned(Some(hold))
+    }
+
+    /// The fencing token, if it was issued already.
+    pub(crate) fn known_fence(&self) -> Option<u64> {
+        match self.fence.load(Ordering::Acquire) {
+            0 => None,
+            f => Some(f),
+        }
+    }
+
+    /// The fencing token: known at once for a lock taken by a script, a grant or a handover;
+    /// issued by the store the first time it is asked for a lock taken by the fast path (one
+    /// round trip, which also checks that the lock is still this hold's). Every later call
+    /// returns the same token. A token issued here is recorded on `span` (the `lock.held` span).
+    ///
+    /// # Errors
+    /// [`Error::Lost`] when the lock is not held any more and has no token yet (a lock lost
+    /// before its token was issued never gets one); the store's errors otherwise.
+    pub(crate) async fn fencing_token(
+        self: &Arc<Self>,
+        span: &tracing::Span,
+    ) -> Result<u64, Error> {
+        if let Some(f) = self.known_fence() {
+            return Ok(f);
+        }
+        self.ready().await;
+        if self.phase() != Phase::Held {
+            return Err(self.lost_error());
+        }
+        match self
+            .store
+            .fence(&self.names, &self.token, self.store.deadline())
+            .await?
+        {
+            Some(issued) => {
+                // A concurrent request of this hold may have been answered first: keep one.
+                let fence = match self.fence.compare_exchange(
+                    0,
+                    issued,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        observe::fenced(&self.key, issued);
+                        observe::held_fenced(span, issued);
+                        issued
+                    }
+                    Err(first) => first,
+                };
+                Ok(fence)
+            }
+            None => {
+                let mut st = self.state();
+                if st.clock.phase() == Phase::Held {
+                    st.clock.refused();
+                    self.lost_now(&mut st, Loss::NotOurs);
+                }
+                Err(self.lost_error())
+            }
+        }
     }
 
     /// The scheduler this hold is registered with (a handed-over successor uses it too).
@@ -339,7 +401,7 @@ impl Hold {
             .renew(
                 &self.names,
                 &self.token,
-                self.fence,
+                self.known_fence(),
                 lease,
                 self.store.deadline(),
             )
@@ -394,7 +456,7 @@ impl Hold {
             .renew(
                 &self.names,
                 &self.token,
-                self.fence,
+                self.known_fence(),
                 lease,
                 self.store.deadline(),
             )

@@ -86,7 +86,7 @@ impl Request {
         &self,
         mut slot: HeldSlot,
         token: Token,
-        fence: u64,
+        fence: Option<u64>,
         sent_at: Instant,
         set: Duration,
     ) -> Owned {
@@ -322,7 +322,13 @@ impl Request {
                             if let Some(r) = registration.take() {
                                 if Instant::now() < lease::deadline(r.sent_at, grant) {
                                     let sent_at = r.sent_at;
-                                    return Ok(self.hold(slot, r.keep(), fence, sent_at, grant));
+                                    return Ok(self.hold(
+                                        slot,
+                                        r.keep(),
+                                        Some(fence),
+                                        sent_at,
+                                        grant,
+                                    ));
                                 }
                                 registration = Some(r);
                             }

@@ -158,7 +158,7 @@ enum Exit {
 #[distributed_lock(key = "exit:<name>", wait = "0s", locker = locker)]
 async fn exit(locker: &Locker, name: &str, how: Exit) -> Result<&'static str, AppError> {
     assert!(
-        lockattr::fencing_token().is_some(),
+        lockattr::fencing_token().await.ok().is_some(),
         "the body runs under the lock"
     );
     match how {
@@ -407,16 +407,16 @@ struct Ledger {
 impl Ledger {
     #[distributed_lock(key = "account:<id>", wait = "2s", locker = self.locker)]
     async fn outer(&self, id: u32) -> Result<(Option<u64>, Option<u64>), lockattr::Error> {
-        let mine = lockattr::fencing_token();
+        let mine = lockattr::fencing_token().await.ok();
         // Same key, same task: re-enters instead of waiting 2 s for itself.
         let nested = self.inner(id).await?;
-        assert_eq!(lockattr::fencing_token(), mine);
+        assert_eq!(lockattr::fencing_token().await.ok(), mine);
         Ok((mine, nested))
     }
 
     #[distributed_lock(key = "account:<id>", wait = "2s", locker = self.locker)]
     async fn inner(&self, id: u32) -> Result<Option<u64>, lockattr::Error> {
-        Ok(lockattr::fencing_token())
+        Ok(lockattr::fencing_token().await.ok())
     }
 }
 
@@ -426,7 +426,7 @@ async fn nested_calls_reenter_and_see_the_fencing_token() {
     let ledger = Ledger {
         locker: connect(&server).await,
     };
-    assert_eq!(lockattr::fencing_token(), None);
+    assert_eq!(lockattr::fencing_token().await.ok(), None);
 
     let started = Instant::now();
     let (outer, nested) = tokio::time::timeout(Duration::from_secs(5), ledger.outer(1))
@@ -447,7 +447,7 @@ async fn nested_calls_reenter_and_see_the_fencing_token() {
     // Each acquisition gets a larger token.
     let second = ledger.inner(1).await.unwrap().unwrap();
     assert!(second > first, "{second} <= {first}");
-    assert_eq!(lockattr::fencing_token(), None);
+    assert_eq!(lockattr::fencing_token().await.ok(), None);
     assert!(!held(&server, "account:1"));
 }
 
@@ -529,7 +529,7 @@ trait Room {
 impl Room for Parties {
     #[distributed_lock(key = "room:<room>", wait = "10s", locker = self.locker)]
     async fn enter(&self, room: u32, hold: Duration) -> Result<(), AppError> {
-        assert!(lockattr::fencing_token().is_some());
+        assert!(lockattr::fencing_token().await.ok().is_some());
         self.seen.visit(hold).await;
         Ok(())
     }

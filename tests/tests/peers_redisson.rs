@@ -275,11 +275,11 @@ mod ownership {
         let (a, b) = (locker(&server).await, locker(&server).await);
         let key = a.redis_key("lock").unwrap();
         let outer = a.lock("lock").lease(Duration::from_secs(10)).run(async {
-            let outer = lockattr::fencing_token().expect("inside the lock");
+            let outer = lockattr::fencing_token().await.expect("inside the lock");
             let twice = a.lock("lock").wait(Duration::ZERO).run(async {
                 a.lock("lock")
                     .wait(Duration::ZERO)
-                    .run(async { lockattr::fencing_token() })
+                    .run(async { lockattr::fencing_token().await.ok() })
                     .await
             });
             let inner = twice.await.expect("re-entered").expect("re-entered twice");
@@ -295,7 +295,7 @@ mod ownership {
             // Another task of this process does not re-enter: it waits like anyone else.
             let a2 = a.clone();
             let other = tokio::spawn(async move {
-                let inside = lockattr::fencing_token();
+                let inside = lockattr::fencing_token().await.ok();
                 let r = a2
                     .lock("lock")
                     .wait(Duration::from_millis(200))
@@ -543,32 +543,37 @@ mod fencing {
         let (a, b) = (locker(&server).await, locker(&server).await);
         let mut tokens = Vec::new();
         let g = a.lock("lock").await.unwrap();
-        tokens.push(g.fencing_token());
+        tokens.push(g.fencing_token().await.unwrap());
         g.release().await.unwrap();
         let g = a.lock("lock").lease(Duration::from_secs(10)).await.unwrap();
-        tokens.push(g.fencing_token());
+        tokens.push(g.fencing_token().await.unwrap());
         g.release().await.unwrap();
         let g = a.try_lock("lock").await.unwrap();
-        tokens.push(g.fencing_token());
+        tokens.push(g.fencing_token().await.unwrap());
         g.extend(Duration::from_secs(5)).await.unwrap();
         assert_eq!(
-            g.fencing_token(),
+            g.fencing_token().await.unwrap(),
             *tokens.last().unwrap(),
             "extending keeps the token"
         );
         g.release().await.unwrap();
         let in_body = a
             .lock("lock")
-            .run(async { lockattr::fencing_token() })
+            .run(async { lockattr::fencing_token().await.ok() })
             .await
             .unwrap();
         tokens.push(in_body.expect("inside run"));
         // Handed over to another task of the same locker.
         let g = a.lock("lock").await.unwrap();
-        tokens.push(g.fencing_token());
+        tokens.push(g.fencing_token().await.unwrap());
         let next = tokio::spawn({
             let a = a.clone();
-            async move { a.lock("lock").await.map(|g| (g.fencing_token(), g)) }
+            async move {
+                match a.lock("lock").await {
+                    Ok(g) => Ok((g.fencing_token().await.unwrap(), g)),
+                    Err(e) => Err(e),
+                }
+            }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         g.release().await.unwrap();
@@ -577,7 +582,7 @@ mod fencing {
         g.release().await.unwrap();
         // Another process continues the same sequence.
         let g = b.lock("lock").await.unwrap();
-        tokens.push(g.fencing_token());
+        tokens.push(g.fencing_token().await.unwrap());
         g.release().await.unwrap();
         // By intent: Redisson counts by one; lockattr's tokens are Redis's clock in µs, so they
         // strictly increase (with gaps) across every way of acquiring.

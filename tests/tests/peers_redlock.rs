@@ -78,7 +78,7 @@ mod expiry {
         let key = a.redis_key("e").unwrap();
         let lease = Duration::from_millis(200);
         let g = a.lock("e").lease(lease).renew(false).await.unwrap();
-        let token = g.fencing_token();
+        let token = g.fencing_token().await.unwrap();
         tokio::time::sleep(lease * 2).await;
         assert!(!is_locked(&server, &key), "Redis expired it");
         assert_lost(g.extend(Duration::from_secs(10)).await);
@@ -88,7 +88,7 @@ mod expiry {
         );
         assert_lost(g.release().await);
         let again = a.lock("e").wait(Duration::from_secs(2)).await.unwrap();
-        assert!(again.fencing_token() > token);
+        assert!(again.fencing_token().await.unwrap() > token);
         again.release().await.unwrap();
     }
 }

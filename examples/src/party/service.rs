@@ -153,11 +153,17 @@ impl PartyService {
         }
         // The act: a separate statement, trusting the count read above.
         let id = self.db.insert_participant(party_id, &name).await?;
+        // Under the lock, the join's fencing token (a lost lock is an error); none unlocked.
+        let fencing_token = match lockattr::fencing_token().await {
+            Ok(token) => Some(token),
+            Err(lockattr::Error::NotInCriticalSection) => None,
+            Err(e) => return Err(e.into()),
+        };
         Ok(Participant {
             id,
             party_id,
             name,
-            fencing_token: lockattr::fencing_token(),
+            fencing_token,
         })
     }
 }

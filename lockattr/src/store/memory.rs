@@ -29,7 +29,8 @@ use super::AttemptKind;
 use crate::config::millis;
 use crate::key::RedisNames;
 use crate::protocol::{
-    registration_live, Announcement, AttemptReply, LockValue, Mark, ReleaseReply, FENCE_SLOTS,
+    fence_from_time, registration_live, Announcement, AttemptReply, LockValue, Mark, ReleaseReply,
+    FENCE_SLOTS,
 };
 use crate::sync::lock;
 
@@ -160,10 +161,7 @@ impl State {
     /// between are the acquisition's, for its local handovers).
     fn next_fence(&mut self, now: Instant) -> u64 {
         let since = u64::try_from(now.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
-        let clock = self
-            .epoch_us
-            .saturating_add(since)
-            .saturating_mul(FENCE_SLOTS);
+        let clock = fence_from_time(0, self.epoch_us.saturating_add(since));
         let next_slot = (self.fence / FENCE_SLOTS + 1).saturating_mul(FENCE_SLOTS);
         self.fence = clock.max(next_slot);
         self.fence
@@ -234,13 +232,15 @@ impl MemoryView {
         let mut st = self.state();
         let name = names.lock();
         if st.live(name, now).is_none() {
-            let fence = st.next_fence(now);
-            // The fast path's `SET token NX PX` does not write the fencing token; the script
-            // writes `token@fence`.
-            let plain = matches!(kind, AttemptKind::Plain);
+            // The fast path's `SET token NX PX` issues no fencing token (`fence` does, when
+            // asked); the script writes `token@fence`.
+            let fence = match kind {
+                AttemptKind::Plain => None,
+                AttemptKind::Scripted { .. } => Some(st.next_fence(now)),
+            };
             let value = LockValue {
                 owner: token,
-                fence: (!plain).then_some(fence),
+                fence,
                 mark: Mark::None,
             };
             st.insert(name, value.render(), lease, now);
@@ -361,7 +361,7 @@ impl MemoryView {
         &self,
         names: &RedisNames,
         token: &str,
-        fence: u64,
+        fence: Option<u64>,
         lease: Duration,
     ) -> bool {
         let now = Instant::now();
@@ -372,17 +372,32 @@ impl MemoryView {
         let Some(v) = LockValue::parse(&entry.value).filter(|v| v.owner == token) else {
             return false;
         };
-        // Records the holder's token when the value lacks it or carries an earlier holder's
-        // (a fast-path lock, a local handover), as `RENEW_BODY` does.
-        if v.fence != Some(fence) {
-            entry.value = LockValue {
-                fence: Some(fence),
-                ..v
-            }
-            .render();
+        // Records the holder's token, when it has one, if the value lacks it or carries an
+        // earlier holder's (a local handover), as `RENEW_BODY` does.
+        if fence.is_some() && v.fence != fence {
+            entry.value = LockValue { fence, ..v }.render();
         }
         entry.expires_at = now + lease;
         true
+    }
+
+    /// See `FENCE_BODY` in `scripts`.
+    pub(crate) fn fence(&self, names: &RedisNames, token: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut st = self.state();
+        let value = st.live(names.lock(), now)?.value.clone();
+        let v = LockValue::parse(&value).filter(|v| v.owner == token)?;
+        // The store's clock is above every token it issued, `v.fence` included.
+        let fence = st.next_fence(now);
+        let next = LockValue {
+            fence: Some(fence),
+            ..v
+        }
+        .render();
+        if let Some(entry) = st.live(names.lock(), now) {
+            entry.value = next;
+        }
+        Some(fence)
     }
 
     /// See `HANDOFF_BODY` in `scripts`.
@@ -497,47 +512,63 @@ mod tests {
         let store = MemoryStore::new().view();
         let n = names("k");
         let lease = Duration::from_millis(100);
-        let AttemptReply::Taken { fence: first } = store.attempt(&n, A, lease, AttemptKind::Plain)
-        else {
-            panic!("a free lock is taken")
-        };
+        assert_eq!(
+            store.attempt(&n, A, lease, AttemptKind::Plain),
+            AttemptReply::Taken { fence: None }
+        );
+        let first = store.fence(&n, A).expect("A holds it");
         assert!(matches!(
             store.attempt(&n, B, lease, AttemptKind::Plain),
             AttemptReply::Busy { .. }
         ));
         tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(!store.renew(&n, A, 1, lease), "expired");
-        let AttemptReply::Taken { fence: second } = store.attempt(&n, B, lease, AttemptKind::Plain)
-        else {
-            panic!("an expired lock is taken")
-        };
+        assert!(!store.renew(&n, A, Some(first), lease), "expired");
+        assert_eq!(store.fence(&n, A), None, "an expired lock gets no token");
+        assert_eq!(
+            store.attempt(&n, B, lease, AttemptKind::Plain),
+            AttemptReply::Taken { fence: None }
+        );
+        let second = store.fence(&n, B).expect("B holds it");
         // The store's clock in microseconds times 100: 100 ms later.
         assert_eq!(second - first, 100_000 * FENCE_SLOTS);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_fast_path_leaves_the_token_to_the_first_renewal() {
+    async fn the_fast_path_issues_its_token_when_asked() {
         let store = MemoryStore::new().view();
         let n = names("p");
         let lease = Duration::from_secs(1);
-        let AttemptReply::Taken { fence } = store.attempt(&n, A, lease, AttemptKind::Plain) else {
-            panic!("a free lock is taken")
-        };
+        assert_eq!(
+            store.attempt(&n, A, lease, AttemptKind::Plain),
+            AttemptReply::Taken { fence: None }
+        );
         assert_eq!(store.inspect(&n).unwrap().0, A, "like `SET token NX PX`");
-        // A contender marks it without inventing a token.
+        // A contender marks it without inventing a token; a renewal without one adds none.
         store.attempt(&n, B, lease, scripted(None));
+        assert!(store.renew(&n, A, None, lease));
         let marked = store.inspect(&n).unwrap().0;
         assert!(marked.starts_with(&format!("{A}!{B}:")), "{marked}");
-        assert!(store.renew(&n, A, fence, lease));
+        // Only the owner is issued a token; it is recorded, the mark kept.
+        assert_eq!(store.fence(&n, B), None);
+        let fence = store.fence(&n, A).expect("A holds it");
+        let fenced = store.inspect(&n).unwrap().0;
+        assert!(fenced.starts_with(&format!("{A}@{fence}!{B}:")), "{fenced}");
+        // Asked again, a fresh one above it (the hold keeps its first).
+        let again = store.fence(&n, A).expect("A holds it");
+        assert!(again > fence);
+        // A renewal after a local handover records the handover's token.
+        assert!(store.renew(&n, A, Some(again + 1), lease));
         let renewed = store.inspect(&n).unwrap().0;
         assert!(
-            renewed.starts_with(&format!("{A}@{fence}!{B}:")),
+            renewed.starts_with(&format!("{A}@{}!{B}:", again + 1)),
             "{renewed}"
         );
         // A scripted attempt on a free lock writes it at once.
         let s = names("s");
-        let AttemptReply::Taken { fence } = store.attempt(&s, A, lease, scripted(None)) else {
-            panic!("a free lock is taken")
+        let AttemptReply::Taken { fence: Some(fence) } =
+            store.attempt(&s, A, lease, scripted(None))
+        else {
+            panic!("a free lock is taken with a token")
         };
         assert_eq!(store.inspect(&s).unwrap().0, format!("{A}@{fence}"));
     }
@@ -551,12 +582,20 @@ mod tests {
             .as_micros();
         let lease = Duration::from_secs(1);
         let mut last = 0;
-        // Within one microsecond of paused time, each token is still above the one before.
+        // Within one microsecond of paused time, each token is still above the one before,
+        // whether a script issues it or the first request of a fast-path holder.
         for i in 0..10 {
             let n = names(&format!("c{i}"));
-            let AttemptReply::Taken { fence } = store.attempt(&n, A, lease, AttemptKind::Plain)
-            else {
-                panic!("a free lock is taken")
+            let fence = if i % 2 == 0 {
+                let AttemptReply::Taken { fence: Some(f) } =
+                    store.attempt(&n, A, lease, scripted(None))
+                else {
+                    panic!("a free lock is taken")
+                };
+                f
+            } else {
+                store.attempt(&n, A, lease, AttemptKind::Plain);
+                store.fence(&n, A).expect("A holds it")
             };
             assert!(fence > last, "{fence} after {last}");
             assert_eq!(fence % FENCE_SLOTS, 0, "the store issues multiples of 100");
@@ -576,10 +615,8 @@ mod tests {
         let waiter = shared.view();
         let n = names("g");
         let lease = Duration::from_secs(10);
-        let AttemptReply::Taken { fence: first } = holder.attempt(&n, A, lease, AttemptKind::Plain)
-        else {
-            panic!()
-        };
+        holder.attempt(&n, A, lease, AttemptKind::Plain);
+        let first = holder.fence(&n, A).expect("A holds it");
         let sub = waiter.subscribe(n.channel());
         assert!(matches!(
             waiter.attempt(&n, B, lease, scripted(None)),
@@ -597,7 +634,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(waiter.renew(&n, B, 2, lease), "the waiter holds it");
+        assert!(waiter.renew(&n, B, Some(2), lease), "the waiter holds it");
         assert_eq!(waiter.release(&n, B), ReleaseReply::Released { woke: 1 });
     }
 

@@ -146,12 +146,13 @@ impl Store {
         }
     }
 
-    /// Sets the lease of the lock held by `token` to `lease` from now; `false` when not ours.
+    /// Sets the lease of the lock held by `token` to `lease` from now, recording `fence` when
+    /// given; `false` when not ours.
     pub(crate) async fn renew(
         &self,
         names: &RedisNames,
         token: &str,
-        fence: u64,
+        fence: Option<u64>,
         lease: Duration,
         until: Instant,
     ) -> Result<bool, Error> {
@@ -164,13 +165,30 @@ impl Store {
         }
     }
 
+    /// Issues the fencing token of the lock held by `token` (one taken by the fast path, which
+    /// has none yet); `None` when the lock is not `token`'s.
+    pub(crate) async fn fence(
+        &self,
+        names: &RedisNames,
+        token: &str,
+        until: Instant,
+    ) -> Result<Option<u64>, Error> {
+        match self {
+            Store::Redis(r) => r.fence(names, token, until).await,
+            Store::Memory(m) => {
+                yield_like_a_round_trip().await;
+                Ok(m.fence(names, token))
+            }
+        }
+    }
+
     /// Moves the lock from `old_token` to `new_token` with `lease`; the new fencing token, or
     /// `None` when the lock was not `old_token`'s.
     pub(crate) async fn handoff(
         &self,
         names: &RedisNames,
         old_token: &str,
-        old_fence: u64,
+        old_fence: Option<u64>,
         new_token: &str,
         lease: Duration,
         until: Instant,

@@ -180,9 +180,9 @@ impl RedisStore {
             // The uncontended fast path, kept apart: every other attempt runs in a boxed future
             // of its own, so that the future of every acquisition (boxed once per call) stays
             // small.
-            let pipe = scripts::try_plain(names, token, lease);
-            let (set, time): (Value, Value) = self.conn.query_pipe("acquire", &pipe, until).await?;
-            return scripts::decode_plain(&set, &time).map_err(Error::Redis);
+            let set = scripts::try_plain(names, token, lease);
+            let reply: Value = self.conn.query("acquire", &set, until).await?;
+            return scripts::decode_plain(&reply).map_err(Error::Redis);
         }
         let slow: BoxFuture<'_, Result<AttemptReply, Error>> =
             Box::pin(self.attempt_slow(names, token, lease, kind, until));
@@ -204,14 +204,12 @@ impl RedisStore {
                 let (wait, ..) = self
                     .wait_cmd()
                     .expect("plain attempts without replicas take the fast path");
-                let mut pipe = scripts::try_plain(names, token, lease);
-                pipe.add_command(wait);
-                let (set, time, acked): (Value, Value, usize) =
+                let mut pipe = redis::Pipeline::with_capacity(2);
+                pipe.add_command(scripts::try_plain(names, token, lease))
+                    .add_command(wait);
+                let (set, acked): (Value, usize) =
                     self.conn.query_pipe("acquire", &pipe, until).await?;
-                (
-                    scripts::decode_plain(&set, &time).map_err(Error::Redis)?,
-                    acked,
-                )
+                (scripts::decode_plain(&set).map_err(Error::Redis)?, acked)
             }
             AttemptKind::Scripted {
                 registered,
@@ -274,7 +272,7 @@ impl RedisStore {
         &self,
         names: &RedisNames,
         token: &str,
-        fence: u64,
+        fence: Option<u64>,
         lease: Duration,
         until: Instant,
     ) -> Result<bool, Error> {
@@ -295,7 +293,7 @@ impl RedisStore {
         &self,
         names: &RedisNames,
         old_token: &str,
-        old_fence: u64,
+        old_fence: Option<u64>,
         new_token: &str,
         lease: Duration,
         until: Instant,
@@ -313,6 +311,25 @@ impl RedisStore {
             return Err(self.not_replicated(names, n, acked, timeout).await);
         }
         Ok(fence)
+    }
+
+    /// See [`Store::fence`](super::Store::fence). Not waited for by replicas: the token is
+    /// written into the value only to raise the floor for later scripts, and a later holder's
+    /// token comes from a later `TIME` even without it.
+    pub(crate) async fn fence(
+        &self,
+        names: &RedisNames,
+        token: &str,
+        until: Instant,
+    ) -> Result<Option<u64>, Error> {
+        let call = self.scripts.fence(names, token);
+        let reply: Value = self.conn.eval("fencing token", &call, until).await?;
+        match reply {
+            Value::Int(0) => Ok(None),
+            other => scripts::decode_fence(&other)
+                .map(Some)
+                .ok_or_else(|| Error::Redis(scripts::unexpected("fence", &other))),
+        }
     }
 
     pub(crate) async fn withdraw(

@@ -125,7 +125,10 @@ async fn hold(url: &str, key: &str, lease_ms: u64) {
         .lease(Duration::from_millis(lease_ms))
         .await
         .expect("lock");
-    println!("held {}", guard.fencing_token());
+    println!(
+        "held {}",
+        guard.fencing_token().await.expect("fencing token")
+    );
     tokio::time::sleep(Duration::from_secs(60)).await;
     drop(guard);
 }

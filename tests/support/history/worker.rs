@@ -583,7 +583,15 @@ impl Task {
         slot: Slot,
     ) -> Result<(), String> {
         let enter_ns = monotonic_ns();
-        let token = token.or_else(lockattr::fencing_token);
+        // lockattr's token is issued when first asked for (a fast-path lock has none before):
+        // a section that cannot get one does not write, like an application's.
+        let token = match token {
+            Some(t) => Some(t),
+            None => match lockattr::fencing_token().await {
+                Ok(t) => Some(t),
+                Err(e) => return Err(format!("fencing token: {e}")),
+            },
+        };
         let mut rec = Recorder {
             section: Some(Section {
                 id: id.clone(),

@@ -34,7 +34,7 @@ impl Seats {
         if seat == 0 {
             return Err(AppError::SoldOut);
         }
-        Ok(lockattr::fencing_token().expect("inside the lock"))
+        Ok(lockattr::fencing_token().await.expect("inside the lock"))
     }
 
     /// Books `seat` twice from inside its own lock: the nested call re-enters.
@@ -42,7 +42,7 @@ impl Seats {
     async fn book_twice(&self, seat: u32) -> Result<(u64, u64), AppError> {
         let ran = AtomicBool::new(false);
         let inner = self.book(seat, &ran).await?;
-        Ok((lockattr::fencing_token().unwrap(), inner))
+        Ok((lockattr::fencing_token().await.unwrap(), inner))
     }
 }
 

@@ -30,16 +30,21 @@ pub async fn tokens_increase_across_lockers_handovers_and_grants(b: &impl Backen
     // Free acquisitions, alternating between lockers.
     for (who, locker) in [("a", &a), ("other", &other), ("a again", &a)] {
         let g = locker.lock(key).await.unwrap();
-        tokens.push((who, g.fencing_token()));
+        tokens.push((who, g.fencing_token().await.unwrap()));
         g.release().await.unwrap();
     }
 
     // A handover to another task of the same locker.
     let g = a.lock(key).await.unwrap();
-    tokens.push(("holder before a handover", g.fencing_token()));
+    tokens.push(("holder before a handover", g.fencing_token().await.unwrap()));
     let next = tokio::spawn({
         let a = a.clone();
-        async move { a.lock(key).await.map(|g| (g.fencing_token(), g)) }
+        async move {
+            match a.lock(key).await {
+                Ok(g) => Ok((g.fencing_token().await.unwrap(), g)),
+                Err(e) => Err(e),
+            }
+        }
     });
     until_local_waiters(&a, key, 1, Duration::from_secs(5)).await;
     g.release().await.unwrap();
@@ -49,7 +54,12 @@ pub async fn tokens_increase_across_lockers_handovers_and_grants(b: &impl Backen
     // A direct grant from the handed-over holder to a registered waiter of another locker.
     let waiter = tokio::spawn({
         let other = other.clone();
-        async move { other.lock(key).await.map(|g| (g.fencing_token(), g)) }
+        async move {
+            match other.lock(key).await {
+                Ok(g) => Ok((g.fencing_token().await.unwrap(), g)),
+                Err(e) => Err(e),
+            }
+        }
     });
     until_registered(&a, key, Duration::from_secs(5)).await;
     g.release().await.unwrap();
@@ -64,15 +74,18 @@ pub async fn tokens_increase_across_lockers_handovers_and_grants(b: &impl Backen
         .renew(false)
         .await
         .unwrap();
-    tokens.push(("expired holder", g.fencing_token()));
+    tokens.push(("expired holder", g.fencing_token().await.unwrap()));
     let after = other.lock(key).wait(Duration::from_secs(3)).await.unwrap();
-    tokens.push(("after the expiry", after.fencing_token()));
+    tokens.push(("after the expiry", after.fencing_token().await.unwrap()));
     drop(g);
 
     // Taken after a force_unlock.
     assert!(admin.force_unlock(key).await.unwrap());
     let forced = a.lock(key).wait(Duration::from_secs(3)).await.unwrap();
-    tokens.push(("after a force_unlock", forced.fencing_token()));
+    tokens.push((
+        "after a force_unlock",
+        forced.fencing_token().await.unwrap(),
+    ));
     drop(after);
     forced.release().await.unwrap();
 
@@ -94,7 +107,7 @@ pub async fn tokens_increase_in_the_order_of_holders(b: &impl Backend) {
                     locker
                         .lock("ordered")
                         .run(async {
-                            let token = lockattr::fencing_token().unwrap();
+                            let token = lockattr::fencing_token().await.unwrap();
                             seen.lock().unwrap().push(token);
                             tokio::task::yield_now().await;
                         })
@@ -111,4 +124,107 @@ pub async fn tokens_increase_in_the_order_of_holders(b: &impl Backend) {
     assert_eq!(seen.len(), 120);
     let named: Vec<_> = seen.iter().map(|t| ("holder", *t)).collect();
     assert_increasing(&named);
+}
+
+/// An uncontended lock has no token until its holder asks: then it gets one above every
+/// earlier holder's, keeps it, and the store records it; a lock lost before it was asked for
+/// never gets one.
+pub async fn a_token_is_issued_when_first_asked_and_never_to_a_lost_lock(b: &impl Backend) {
+    let (a, other, admin) = (b.locker().await, b.locker().await, b.locker().await);
+    let key = "asked";
+    let g = a.lock(key).await.unwrap();
+    let first = g.fencing_token().await.unwrap();
+    g.release().await.unwrap();
+
+    // Taken uncontended: nothing issued yet, nothing recorded.
+    let g = a.lock(key).await.unwrap();
+    let before = crate::support::info(&admin, key).await.expect("held");
+    assert_eq!(before.fencing_token, None, "{before:?}");
+    let token = g.fencing_token().await.unwrap();
+    assert!(token > first, "{token} after {first}");
+    assert_eq!(
+        g.fencing_token().await.unwrap(),
+        token,
+        "the guard keeps its token"
+    );
+    let after = crate::support::info(&admin, key).await.expect("held");
+    assert_eq!(after.fencing_token, Some(token), "recorded in the store");
+    g.release().await.unwrap();
+
+    // Taken over in the store before it was asked (an operator's unlock, another holder):
+    // asking finds it, reports the loss, and the guard is lost; the new holder is untouched.
+    let g = a.lock(key).await.unwrap();
+    assert!(admin.force_unlock(key).await.unwrap());
+    let taken = other.try_lock(key).await.expect("the key is free");
+    let asked = g.fencing_token().await;
+    crate::support::assert_lost(&asked, key);
+    assert!(!g.is_held(), "found lost when asked");
+    crate::support::assert_lost(&g.release().await, key);
+    assert!(taken.is_held());
+    let next = taken.fencing_token().await.unwrap();
+    assert!(next > token, "{next} after {token}");
+
+    // Lost by its fixed lease before it was asked: no token either.
+    taken.release().await.unwrap();
+    let g = a
+        .lock(key)
+        .lease(Duration::from_millis(200))
+        .renew(false)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    crate::support::assert_lost(&g.fencing_token().await, key);
+    drop(g);
+    let last = other
+        .lock(key)
+        .wait(Duration::from_secs(3))
+        .await
+        .expect("free after the lease");
+    assert!(last.fencing_token().await.unwrap() > next);
+    last.release().await.unwrap();
+
+    // Outside a critical section there is none to give.
+    assert!(matches!(
+        lockattr::fencing_token().await,
+        Err(lockattr::Error::NotInCriticalSection)
+    ));
+    assert_free(&admin, key).await;
+}
+
+/// Handed on between tasks of one locker while only some holders ask for their token: the
+/// tokens that were asked for still increase in the order of the holders (a holder that did
+/// not ask hands on none; the next one that asks is issued one above every earlier).
+pub async fn tokens_increase_when_only_some_holders_ask(b: &impl Backend) {
+    let (a, other) = (b.locker().await, b.locker().await);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            // Mostly one locker, so that holders hand the lock on locally.
+            let locker = if i == 7 { other.clone() } else { a.clone() };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                for round in 0..12 {
+                    locker
+                        .lock("some")
+                        .run(async {
+                            if (i + round) % 3 == 0 {
+                                let token = lockattr::fencing_token().await.unwrap();
+                                seen.lock().unwrap().push(token);
+                            }
+                            tokio::task::yield_now().await;
+                        })
+                        .await
+                        .expect("run");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 32);
+    let named: Vec<_> = seen.iter().map(|t| ("holder", *t)).collect();
+    assert_increasing(&named);
+    assert_free(&other, "some").await;
 }

@@ -40,8 +40,9 @@ pub async fn a_fixed_lease_is_lost_at_its_deadline(b: &impl Backend) {
     assert_lost(&g.release().await, "fixed");
     // The lost guard touched nothing: the new holder still holds the lock.
     assert!(next.is_held());
+    let token = next.fencing_token().await.unwrap();
     let seen = info(&other, "fixed").await.expect("held by the new holder");
-    assert_eq!(seen.fencing_token, Some(next.fencing_token()));
+    assert_eq!(seen.fencing_token, Some(token));
     next.release().await.unwrap();
     assert_free(&a, "fixed").await;
 }

@@ -54,8 +54,9 @@ pub async fn a_loss_found_at_release_fails_run(b: &impl Backend) {
     // The release deleted nothing: the third locker still holds the lock.
     let g = taken.expect("the body ran");
     assert!(g.is_held());
+    let token = g.fencing_token().await.unwrap();
     let seen = info(&third, "taken").await.expect("still held");
-    assert_eq!(seen.fencing_token, Some(g.fencing_token()));
+    assert_eq!(seen.fencing_token, Some(token));
     g.release().await.unwrap();
     assert_free(&a, "taken").await;
 }

@@ -78,6 +78,8 @@ conformance! {
     fencing: [
         tokens_increase_across_lockers_handovers_and_grants,
         tokens_increase_in_the_order_of_holders,
+        a_token_is_issued_when_first_asked_and_never_to_a_lost_lock,
+        tokens_increase_when_only_some_holders_ask,
     ],
     cancellation: [
         dropped_acquire_futures_leave_a_free_key_free,

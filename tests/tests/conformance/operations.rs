@@ -22,23 +22,18 @@ pub async fn inspect_reports_the_holder_and_its_waiters(b: &impl Backend) {
         remaining > lease - Duration::from_secs(2) && remaining <= lease,
         "{remaining:?}"
     );
-    // The holder's own locker knows its fencing token whichever way it was taken.
-    assert_eq!(mine.fencing_token, Some(g.fencing_token()));
+    // An uncontended acquisition has no fencing token until its holder asks for one: no
+    // locker reports one yet.
+    assert_eq!(
+        (mine.fencing_token, mine.held_since),
+        (None, None),
+        "{mine:?}"
+    );
     assert!(
         !mine.contended && !mine.waiter_registered && !mine.foreign,
         "{mine:?}"
     );
     assert_eq!(mine.local_waiters, 0);
-    // It took the lock just now, by the store's clock.
-    let since = mine.held_since.expect("known with the fencing token");
-    let now = SystemTime::now();
-    let skew = now.duration_since(since).unwrap_or_else(|e| e.duration());
-    assert!(
-        skew < Duration::from_secs(5),
-        "held since {since:?}, now {now:?}"
-    );
-    // Another locker sees the token once the store has it: an uncontended acquisition does
-    // not write it down, its first renewal (or an extension) does.
     let theirs = info(&other, "i")
         .await
         .expect("held, seen from another locker");
@@ -47,15 +42,39 @@ pub async fn inspect_reports_the_holder_and_its_waiters(b: &impl Backend) {
         "{theirs:?}"
     );
     assert_eq!((theirs.fencing_token, theirs.held_since), (None, None));
-    g.extend(lease).await.unwrap();
+    // Asked for, it is issued and recorded in the store: every locker sees it.
+    let token = g.fencing_token().await.unwrap();
+    assert_eq!(
+        g.fencing_token().await.unwrap(),
+        token,
+        "the holder keeps its token"
+    );
+    let mine = info(&a, "i").await.expect("held");
+    assert_eq!(mine.fencing_token, Some(token));
+    // It was issued just now, by the store's clock.
+    let since = mine.held_since.expect("known with the fencing token");
+    let now = SystemTime::now();
+    let skew = now.duration_since(since).unwrap_or_else(|e| e.duration());
+    assert!(
+        skew < Duration::from_secs(5),
+        "held since {since:?}, now {now:?}"
+    );
     let theirs = info(&other, "i").await.unwrap();
-    assert_eq!(theirs.fencing_token, Some(g.fencing_token()));
+    assert_eq!(theirs.fencing_token, Some(token));
     assert_eq!(theirs.held_since, mine.held_since);
+    // An extension keeps it.
+    g.extend(lease).await.unwrap();
+    assert_eq!(info(&other, "i").await.unwrap().fencing_token, Some(token));
 
     // A waiter of another locker: the lock is contended and the waiter registered.
     let waiter = tokio::spawn({
         let other = other.clone();
-        async move { other.lock("i").await.map(|g| g.fencing_token()) }
+        async move {
+            match other.lock("i").await {
+                Ok(g) => Ok(g.fencing_token().await.unwrap()),
+                Err(e) => Err(e),
+            }
+        }
     });
     until_registered(&a, "i", Duration::from_secs(5)).await;
     let now = info(&a, "i").await.unwrap();
@@ -64,12 +83,17 @@ pub async fn inspect_reports_the_holder_and_its_waiters(b: &impl Backend) {
     // other locker counts its one waiting task, its contender in the store.
     let local = tokio::spawn({
         let a = a.clone();
-        async move { a.lock("i").await.map(|g| g.fencing_token()) }
+        async move {
+            match a.lock("i").await {
+                Ok(g) => Ok(g.fencing_token().await.unwrap()),
+                Err(e) => Err(e),
+            }
+        }
     });
     until_local_waiters(&a, "i", 1, Duration::from_secs(5)).await;
     assert_eq!(info(&other, "i").await.unwrap().local_waiters, 1);
 
-    let first = g.fencing_token();
+    let first = g.fencing_token().await.unwrap();
     g.release().await.unwrap();
     let (w, l) = tokio::join!(waiter, local);
     let (w, l) = (w.unwrap().unwrap(), l.unwrap().unwrap());

@@ -75,24 +75,28 @@ pub async fn try_lock_is_a_single_attempt(b: &impl Backend) {
 
 pub async fn run_reenters_and_knows_its_fencing_token(b: &impl Backend) {
     let a = b.locker().await;
-    assert_eq!(lockattr::fencing_token(), None, "outside any lock");
+    assert_eq!(
+        lockattr::fencing_token().await.ok(),
+        None,
+        "outside any lock"
+    );
     let (outer, inner, other, after) = a
         .lock("re")
         .run(async {
-            let outer = lockattr::fencing_token().expect("inside run");
+            let outer = lockattr::fencing_token().await.expect("inside run");
             let inner = a
                 .lock("re")
                 .wait(Duration::ZERO)
-                .run(async { lockattr::fencing_token() })
+                .run(async { lockattr::fencing_token().await.ok() })
                 .await
                 .expect("re-entry enters at once");
             // Another key nests with its own token; the outer one is back after it.
             let other = a
                 .lock("re:other")
-                .run(async { lockattr::fencing_token() })
+                .run(async { lockattr::fencing_token().await.ok() })
                 .await
                 .unwrap();
-            let after = lockattr::fencing_token();
+            let after = lockattr::fencing_token().await.ok();
             // A guard is not reentrant: it waits for the task's own lock.
             let r = a.lock("re").wait(Duration::from_millis(100)).await;
             assert_timeout(&r, "re");
@@ -107,7 +111,7 @@ pub async fn run_reenters_and_knows_its_fencing_token(b: &impl Backend) {
     );
     assert_eq!(after, Some(outer));
     assert!(other.is_some_and(|t| t != outer), "{other:?} vs {outer}");
-    assert_eq!(lockattr::fencing_token(), None);
+    assert_eq!(lockattr::fencing_token().await.ok(), None);
     let other_locker = b.locker().await;
     assert_free(&other_locker, "re").await;
     assert_free(&other_locker, "re:other").await;

@@ -40,18 +40,24 @@ async fn the_minimal_user_does_everything() {
         .await
         .expect("connect as the minimal user");
     let b = Locker::builder(&url).build().await.unwrap();
-    // Uncontended, extended, inspected.
+    // Uncontended, fenced, extended, inspected.
     let g = a.lock("acl").lease(Duration::from_secs(5)).await.unwrap();
+    let token = g.fencing_token().await.unwrap();
     g.extend(Duration::from_secs(10)).await.unwrap();
     let info = b.inspect("acl").await.unwrap().expect("held");
-    assert_eq!(info.fencing_token, Some(g.fencing_token()));
+    assert_eq!(info.fencing_token, Some(token));
     g.release().await.unwrap();
     // Contended across lockers: marked, registered, and woken by pub/sub (the waiter's
     // subscription is there while it waits).
     let g = a.lock("acl").await.unwrap();
     let waiter = tokio::spawn({
         let b = b.clone();
-        async move { b.lock("acl").await.map(|g| g.fencing_token()) }
+        async move {
+            match b.lock("acl").await {
+                Ok(g) => Ok(g.fencing_token().await.unwrap()),
+                Err(e) => Err(e),
+            }
+        }
     });
     lockattr_tests::eventually(
         "the minimal user subscribes to the lock's channel",
@@ -81,7 +87,8 @@ async fn the_minimal_user_does_everything() {
         a.lock("acl")
             .lease(Duration::from_millis(600))
             .run(tokio::time::sleep(Duration::from_millis(900))),
-        a.lock("acl").run(async { lockattr::fencing_token() }),
+        a.lock("acl")
+            .run(async { lockattr::fencing_token().await.ok() }),
     );
     x.unwrap();
     assert!(y.unwrap().is_some());

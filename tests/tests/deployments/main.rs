@@ -39,7 +39,7 @@ pub async fn wake_up_after_release(holder: &Locker, waiter: &Locker, key: &str) 
         .lease(Duration::from_secs(30))
         .await
         .unwrap();
-    let fence = g.fencing_token();
+    let fence = g.fencing_token().await.unwrap();
     let waiting = tokio::spawn({
         let (waiter, key) = (waiter.clone(), key.to_owned());
         async move {
@@ -49,7 +49,7 @@ pub async fn wake_up_after_release(holder: &Locker, waiter: &Locker, key: &str) 
                 .await
                 .unwrap();
             let at = std::time::Instant::now();
-            let fence = g.fencing_token();
+            let fence = g.fencing_token().await.unwrap();
             g.release().await.unwrap();
             (at, fence)
         }

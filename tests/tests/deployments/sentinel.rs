@@ -155,7 +155,9 @@ async fn wait_for_replicas_acknowledges_or_fails_clearly_and_leaves_the_lock_fre
         acked
             .lock("w")
             .run(tokio::time::sleep(Duration::from_millis(50))),
-        acked.lock("w").run(async { lockattr::fencing_token() }),
+        acked
+            .lock("w")
+            .run(async { lockattr::fencing_token().await.ok() }),
     );
     x.unwrap();
     assert!(y.unwrap().is_some());
@@ -212,7 +214,7 @@ async fn fencing_tokens_keep_increasing_across_failovers() {
                         Ok(g) => {
                             let enter = Instant::now();
                             tokio::time::sleep(Duration::from_millis(3)).await;
-                            let token = g.fencing_token();
+                            let token = g.fencing_token().await.unwrap();
                             let held = g.is_held();
                             let exit = Instant::now();
                             if g.release().await.is_ok() && held {

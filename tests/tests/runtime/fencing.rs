@@ -23,7 +23,8 @@ async fn fencing_tokens_strictly_increase_across_lockers_and_handovers() {
         tasks.push(tokio::spawn(async move {
             for _ in 0..5 {
                 let g = locker.lock("fenced").await.unwrap();
-                tokens.lock().unwrap().push(g.fencing_token());
+                let token = g.fencing_token().await.unwrap();
+                tokens.lock().unwrap().push(token);
                 g.release().await.unwrap();
             }
         }));
@@ -45,7 +46,7 @@ async fn tokens_are_redis_clock_and_survive_a_restart_without_persistence() {
     let locker = locker(&server).await;
     let before = redis_time_us(&server);
     let g = locker.lock("f").await.unwrap();
-    let first = g.fencing_token();
+    let first = g.fencing_token().await.unwrap();
     g.release().await.unwrap();
     let after = redis_time_us(&server);
     assert!(
@@ -58,7 +59,7 @@ async fn tokens_are_redis_clock_and_survive_a_restart_without_persistence() {
         "an acquisition's token is a multiple of 100"
     );
     let g = locker.lock("f").await.unwrap();
-    let second = g.fencing_token();
+    let second = g.fencing_token().await.unwrap();
     g.release().await.unwrap();
     assert!(second > first);
     assert!(
@@ -73,7 +74,7 @@ async fn tokens_are_redis_clock_and_survive_a_restart_without_persistence() {
     for _ in 0..50 {
         match locker.lock("f").await {
             Ok(g) => {
-                after_restart = Some(g.fencing_token());
+                after_restart = Some(g.fencing_token().await.unwrap());
                 g.release().await.unwrap();
                 break;
             }
@@ -90,9 +91,10 @@ async fn tokens_are_redis_clock_and_survive_a_restart_without_persistence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_guard_holds_the_token_redis_recorded_for_it() {
-    // Handed over between tasks of one locker, granted across lockers, or taken plain: after an
-    // `extend` (which records the token of a fast-path lock) the value in Redis carries exactly
-    // the guard's token, and the extension succeeded, so the guard's token owns the key.
+    // Handed over between tasks of one locker, granted across lockers, or taken plain: once the
+    // guard's token was asked for (which records a fast-path lock's) and an `extend` (which
+    // records a local handover's) went through, the value in Redis carries exactly the guard's
+    // token, and the extension succeeded, so the guard's token owns the key.
     let server = RedisServer::start();
     let lockers = [locker(&server).await, locker(&server).await];
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -107,6 +109,7 @@ async fn every_guard_holds_the_token_redis_recorded_for_it() {
                 .unwrap();
             for _ in 0..10 {
                 let g = locker.lock("chain").await.unwrap();
+                let token = g.fencing_token().await.unwrap();
                 g.extend(Duration::from_secs(5)).await.unwrap();
                 let v: String = redis::cmd("GET")
                     .arg("lock:{chain}")
@@ -116,7 +119,7 @@ async fn every_guard_holds_the_token_redis_recorded_for_it() {
                 assert!(g.is_held());
                 seen.lock()
                     .unwrap()
-                    .push((g.fencing_token(), Value::parse(&v).unwrap().fence));
+                    .push((token, Value::parse(&v).unwrap().fence));
                 g.release().await.unwrap();
             }
         }));
@@ -152,14 +155,14 @@ async fn a_handover_that_reaches_redis_late_never_repeats_a_token() {
         .renew(false)
         .await
         .unwrap();
-    let first = holder.fencing_token();
+    let first = holder.fencing_token().await.unwrap();
     // Holding intervals (from, to) and tokens of everyone who held the lock.
     let next = tokio::spawn({
         let a = a.clone();
         async move {
             let g = a.lock("late").wait(Duration::from_secs(10)).await?;
             let from = Instant::now();
-            let token = g.fencing_token();
+            let token = g.fencing_token().await.unwrap();
             let mut to = from;
             while g.is_held() && from.elapsed() < Duration::from_millis(100) {
                 to = Instant::now();
@@ -191,7 +194,7 @@ async fn a_handover_that_reaches_redis_late_never_repeats_a_token() {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let other_token = other.fencing_token();
+    let other_token = other.fencing_token().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let other_to = Instant::now();
     other.release().await.unwrap();
@@ -216,4 +219,118 @@ async fn a_handover_that_reaches_redis_late_never_repeats_a_token() {
             w[1].2
         );
     }
+}
+
+/// `INFO commandstats` of `server`, calls per command.
+fn command_counts(server: &RedisServer) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .expect("INFO commandstats");
+    let mut counts = lockattr_tests::parse_commandstats(&info);
+    counts.remove("info");
+    counts.remove("config|resetstat");
+    counts
+}
+
+fn reset_stats(server: &RedisServer) {
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut server.conn())
+        .expect("CONFIG RESETSTAT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_lock_is_one_set_and_its_token_one_script_when_asked() {
+    let server = RedisServer::start();
+    let locker = locker(&server).await;
+    // Warm up (connection, script cache).
+    let g = locker.lock("w").await.unwrap();
+    g.fencing_token().await.unwrap();
+    g.release().await.unwrap();
+
+    // Lock + release, never asking: the raw floor's four commands, no clock read.
+    reset_stats(&server);
+    for i in 0..10 {
+        let g = locker.lock(format!("n{i}")).await.unwrap();
+        g.release().await.unwrap();
+    }
+    let counts = command_counts(&server);
+    let expect: std::collections::BTreeMap<String, u64> =
+        [("set", 10), ("evalsha", 10), ("get", 10), ("del", 10)]
+            .into_iter()
+            .map(|(c, n)| (c.to_owned(), n))
+            .collect();
+    assert_eq!(counts, expect);
+
+    // Asked three times: one script issues it (GET, TIME, SET KEEPTTL), the others are free.
+    reset_stats(&server);
+    let g = locker
+        .lock("asked")
+        .lease(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let token = g.fencing_token().await.unwrap();
+    assert_eq!(g.fencing_token().await.unwrap(), token);
+    assert_eq!(g.fencing_token().await.unwrap(), token);
+    let counts = command_counts(&server);
+    assert_eq!(counts.get("evalsha"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("time"), Some(&1), "{counts:?}");
+    assert_eq!(
+        counts.get("set"),
+        Some(&2),
+        "SET NX, then SET KEEPTTL: {counts:?}"
+    );
+    // The token is Redis's clock now, recorded in the value; the lease is kept.
+    let v = value(&server, "lock:{asked}").expect("held");
+    assert_eq!(v.fence, Some(token));
+    let ttl = pttl(&server, "lock:{asked}");
+    assert!(ttl > 9_000 && ttl <= 10_000, "TTL kept: {ttl} ms");
+    let now = redis_time_us(&server) * 100;
+    assert!(
+        token <= now && now - token < 5_000_000 * 100,
+        "{token} vs {now}"
+    );
+    // A release of a recorded token is the plain compare-and-delete.
+    reset_stats(&server);
+    g.release().await.unwrap();
+    let counts = command_counts(&server);
+    assert_eq!(
+        (counts.get("evalsha"), counts.get("get"), counts.get("del")),
+        (Some(&1), Some(&1), Some(&1)),
+        "{counts:?}"
+    );
+    assert!(server.keys().is_empty(), "{:?}", server.keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issued_under_a_waiter_keeps_its_mark_and_the_grant_follows_it() {
+    let server = RedisServer::start();
+    let (a, b) = (locker(&server).await, locker(&server).await);
+    let g = a.lock("m").await.unwrap();
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move {
+            let g = b.lock("m").wait(Duration::from_secs(10)).await?;
+            let token = g.fencing_token().await?;
+            g.release().await?;
+            Ok::<_, Error>(token)
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || value(&server, "lock:{m}")
+            .is_some_and(|v| v.waiter.is_some()))
+        .await,
+        "the waiter registers"
+    );
+    // Issued after the waiter marked and registered: the mark and registration stay, so the
+    // release still grants the lock to the waiter, with a larger token.
+    let token = g.fencing_token().await.unwrap();
+    let v = value(&server, "lock:{m}").expect("held");
+    assert_eq!(v.fence, Some(token));
+    assert!(v.waiter.is_some(), "{v:?}");
+    g.release().await.unwrap();
+    let granted = waiter.await.unwrap().unwrap();
+    assert!(granted > token, "{granted} after {token}");
+    assert!(eventually(Duration::from_secs(2), || server.keys().is_empty()).await);
 }

@@ -85,7 +85,7 @@ async fn grants_to_dead_or_stale_registrations_are_bounded() {
     // dead waiter's lease (here 400 ms).
     let g = a.lock("dead").await.unwrap();
     register_ghost(&server, "lock:{dead}", 400, now_ms);
-    let first = g.fencing_token();
+    let first = g.fencing_token().await.unwrap();
     g.release().await.unwrap();
     let granted = value(&server, "lock:{dead}").expect("granted to the dead waiter");
     assert_eq!(
@@ -105,7 +105,7 @@ async fn grants_to_dead_or_stale_registrations_are_bounded() {
         waited < Duration::from_secs(2),
         "waited {waited:?} for a 400 ms grant"
     );
-    assert!(g.fencing_token() > granted.fence.unwrap());
+    assert!(g.fencing_token().await.unwrap() > granted.fence.unwrap());
     g.release().await.unwrap();
 }
 
@@ -163,7 +163,11 @@ async fn a_grant_whose_announcement_was_lost_is_found_by_the_next_attempt() {
     let holder = a.lock("lost").await.unwrap();
     let waiter = tokio::spawn(async move {
         let g = b.lock("lost").wait(Duration::from_secs(10)).await.unwrap();
-        (g.fencing_token(), g.is_held(), g.release().await)
+        (
+            g.fencing_token().await.unwrap(),
+            g.is_held(),
+            g.release().await,
+        )
     });
     // Wait for the waiter's registration, then grant the lock to it behind its back: no
     // announcement, as if the pub/sub message had been lost.
@@ -210,7 +214,11 @@ async fn a_lock_granted_after_its_lease_could_run_out_is_not_handed_out() {
         let locker = locker.clone();
         async move {
             let g = locker.lock("late").renew(false).await.unwrap();
-            (g.is_held(), g.fencing_token(), g.release().await)
+            (
+                g.is_held(),
+                g.fencing_token().await.unwrap(),
+                g.release().await,
+            )
         }
     });
     // The first attempt is answered 300 ms after it was sent, three leases later.

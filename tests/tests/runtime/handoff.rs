@@ -199,13 +199,13 @@ async fn a_local_handover_starts_at_once_and_never_outlives_what_redis_holds() {
     let b = locker(&server).await;
     let sent = Instant::now();
     let holder = a.lock("local").lease(Duration::from_secs(1)).await.unwrap();
-    let first = holder.fencing_token();
+    let first = holder.fencing_token().await.unwrap();
     let next = tokio::spawn({
         let a = a.clone();
         async move {
             let g = a.lock("local").lease(Duration::from_secs(1)).await.unwrap();
             let got = Instant::now();
-            let token = g.fencing_token();
+            let token = g.fencing_token().await.unwrap();
             let mut last_held = got;
             while g.is_held() && got.elapsed() < Duration::from_secs(5) {
                 last_held = Instant::now();

@@ -14,9 +14,13 @@ async fn inspect_reports_holder_lease_token_and_waiters() {
     let b = locker(&server).await;
     assert_eq!(a.inspect("i").await.unwrap(), None, "free");
     let g = a.lock("i").lease(Duration::from_secs(10)).await.unwrap();
-    // The holder's own locker knows its token; another sees it once Redis records it.
+    // No token until the holder asks; then Redis records it and every locker sees it.
+    let before = a.inspect("i").await.unwrap().expect("held");
+    assert_eq!((before.fencing_token, before.held_since), (None, None));
+    let token = g.fencing_token().await.unwrap();
+    assert_eq!(value(&server, "lock:{i}").unwrap().fence, Some(token));
     let mine = a.inspect("i").await.unwrap().expect("held");
-    assert_eq!(mine.fencing_token, Some(g.fencing_token()));
+    assert_eq!(mine.fencing_token, Some(token));
     let lease = mine.remaining_lease.unwrap();
     assert!(
         lease > Duration::from_secs(9) && lease <= Duration::from_secs(10),
@@ -30,17 +34,16 @@ async fn inspect_reports_holder_lease_token_and_waiters() {
     assert!(age < Duration::from_secs(5), "held since {since:?}");
     let theirs = b.inspect("i").await.unwrap().expect("held");
     assert!(theirs.remaining_lease.is_some());
-    g.extend(Duration::from_secs(10)).await.unwrap(); // records the token in Redis
+    assert_eq!(theirs.fencing_token, Some(token));
+    g.extend(Duration::from_secs(10)).await.unwrap(); // keeps it
     let theirs = b.inspect("i").await.unwrap().unwrap();
-    assert_eq!(theirs.fencing_token, Some(g.fencing_token()));
+    assert_eq!(theirs.fencing_token, Some(token));
     // A waiter of another locker registers; local waiters are counted by their locker.
     let waiter = tokio::spawn({
         let b = b.clone();
         async move {
-            b.lock("i")
-                .wait(Duration::from_secs(10))
-                .await
-                .map(|g| g.fencing_token())
+            let g = b.lock("i").wait(Duration::from_secs(10)).await?;
+            Ok::<_, lockattr::Error>(g.fencing_token().await.unwrap())
         }
     });
     let local = tokio::spawn({

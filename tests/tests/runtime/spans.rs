@@ -119,7 +119,7 @@ async fn an_acquisition_and_its_critical_section_are_sibling_spans_with_their_fi
             .wait(Duration::from_secs(3))
             .await
             .unwrap();
-        let token = guard.fencing_token();
+        let token = guard.fencing_token().await.unwrap();
         guard.release().await.unwrap();
         token
     }
@@ -131,7 +131,9 @@ async fn an_acquisition_and_its_critical_section_are_sibling_spans_with_their_fi
     assert_eq!(field(&acquire, "key"), "order:7");
     assert_eq!(field(&acquire, "wait"), "3s");
     assert_eq!(field(&acquire, "outcome"), "acquired");
-    assert_eq!(field(&acquire, "fencing_token"), token.to_string());
+    // Taken by the fast path: the token is issued later, when the holder asks for it, and
+    // recorded on the `lock.held` span then.
+    assert_eq!(acquire.fields.get("fencing_token"), None, "{acquire:?}");
     assert!(field(&acquire, "waited").ends_with('s'), "{acquire:?}");
     assert!(acquire.closed, "the acquisition's span ends with it");
 
@@ -157,7 +159,7 @@ async fn a_run_body_runs_inside_the_held_span() {
         .lock("stock:1")
         .run(async {
             let _inner = tracing::info_span!("write_stock").entered();
-            lockattr::fencing_token().unwrap()
+            lockattr::fencing_token().await.unwrap()
         })
         .await
         .unwrap();

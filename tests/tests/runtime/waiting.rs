@@ -106,15 +106,15 @@ async fn wait_zero_is_one_attempt_and_timeouts_say_so() {
 async fn reentrant_run_and_fencing_token_in_context() {
     let server = RedisServer::start();
     let a = locker(&server).await;
-    assert_eq!(lockattr::fencing_token(), None);
+    assert_eq!(lockattr::fencing_token().await.ok(), None);
     let (outer, inner) = a
         .lock("re")
         .run(async {
-            let outer = lockattr::fencing_token().unwrap();
+            let outer = lockattr::fencing_token().await.unwrap();
             let inner = a
                 .lock("re")
                 .wait(Duration::ZERO)
-                .run(async { lockattr::fencing_token().unwrap() })
+                .run(async { lockattr::fencing_token().await.unwrap() })
                 .await
                 .expect("re-entry does not deadlock or time out");
             (outer, inner)
