@@ -45,6 +45,10 @@ pub enum Kind {
     Rslock2ms,
     /// lockattr.
     Lockattr,
+    /// Diagnostic row: lockattr with the holder asking for its fencing token
+    /// (`LockGuard::fencing_token`) in every cycle, as a holder that fences its writes does.
+    #[value(name = "lockattr-fenced")]
+    LockattrFenced,
     /// Diagnostic row: the raw floor doing the Redis-side work a fenced, pub/sub-waking lock
     /// needs — `EVALSHA {SET NX PX; INCR fence; PEXPIRE fence}` and `EVALSHA {GET; DEL;
     /// PUBLISH}` — with no runtime around it (uncontended and distinct-key tables only).
@@ -53,13 +57,14 @@ pub enum Kind {
 
 impl Kind {
     /// The implementations measured by default.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Raw,
         Kind::FencedFloor,
         Kind::Spin,
         Kind::Rslock,
         Kind::Rslock2ms,
         Kind::Lockattr,
+        Kind::LockattrFenced,
     ];
 
     /// Short name, as on the command line (and in key names).
@@ -70,6 +75,7 @@ impl Kind {
             Kind::Rslock => "rslock",
             Kind::Rslock2ms => "rslock-2ms",
             Kind::Lockattr => "lockattr",
+            Kind::LockattrFenced => "lockattr-fenced",
             Kind::FencedFloor => "fenced-floor",
         }
     }
@@ -82,6 +88,9 @@ impl Kind {
             Kind::Rslock => "rslock 0.10 (0-200 ms retry)",
             Kind::Rslock2ms => "rslock 0.10, 2 ms retry",
             Kind::Lockattr => "lockattr",
+            Kind::LockattrFenced => {
+                "lockattr, the holder asking for its fencing token (diagnostic)"
+            }
             Kind::FencedFloor => {
                 "fenced floor: Lua SET NX+INCR+PEXPIRE, Lua GET+DEL+PUBLISH (diagnostic)"
             }
@@ -121,6 +130,7 @@ pub async fn build(kind: Kind, url: &str) -> Result<Arc<dyn LockImpl>> {
         Kind::Rslock => Arc::new(RsLock::new(url, None)),
         Kind::Rslock2ms => Arc::new(RsLock::new(url, Some(Duration::from_millis(2)))),
         Kind::Lockattr => crate::lockattr_impl::build(url).await?,
+        Kind::LockattrFenced => crate::lockattr_impl::build_fenced(url).await?,
     })
 }
 

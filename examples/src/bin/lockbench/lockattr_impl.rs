@@ -9,6 +9,8 @@ use crate::impls::{BoxFut, Held, LockImpl, LEASE};
 
 struct Lockattr {
     locker: lockattr::Locker,
+    /// Ask for the fencing token in every cycle (the `lockattr-fenced` row).
+    fenced: bool,
 }
 
 /// The namespace of the bench's locks: lock `k` is the Redis key `bench:{k}`.
@@ -20,12 +22,27 @@ pub async fn build(url: &str) -> Result<Arc<dyn LockImpl>> {
     build_with(url, None).await
 }
 
+/// [`build`], with every holder asking for its fencing token before it releases.
+pub async fn build_fenced(url: &str) -> Result<Arc<dyn LockImpl>> {
+    Ok(Arc::new(Lockattr {
+        locker: locker(url, None).await?,
+        fenced: true,
+    }))
+}
+
 /// [`build`], with `LockerBuilder::wait_for_replicas(n, timeout)` when `replicas` is
 /// `Some((n, timeout))`.
 pub async fn build_with(
     url: &str,
     replicas: Option<(usize, Duration)>,
 ) -> Result<Arc<dyn LockImpl>> {
+    Ok(Arc::new(Lockattr {
+        locker: locker(url, replicas).await?,
+        fenced: false,
+    }))
+}
+
+async fn locker(url: &str, replicas: Option<(usize, Duration)>) -> Result<lockattr::Locker> {
     let builder = match crate::impls::cluster_seeds(url) {
         Some(seeds) => lockattr::Locker::cluster(seeds),
         None => lockattr::Locker::builder(url),
@@ -34,14 +51,16 @@ pub async fn build_with(
     if let Some((n, timeout)) = replicas {
         builder = builder.wait_for_replicas(n, timeout);
     }
-    let locker = builder.build().await?;
-    Ok(Arc::new(Lockattr { locker }))
+    Ok(builder.build().await?)
 }
 
 impl LockImpl for Lockattr {
     fn acquire<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFut<'a, Result<Box<dyn Held>>> {
         Box::pin(async move {
             let guard = self.locker.lock(key).wait(wait).await?;
+            if self.fenced {
+                guard.fencing_token().await?;
+            }
             Ok(Box::new(Guard(guard)) as Box<dyn Held>)
         })
     }

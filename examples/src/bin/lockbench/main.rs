@@ -217,10 +217,11 @@ fn main() -> ExitCode {
 }
 
 /// Implementations of the sequential and distinct-key scenarios, in table order.
-const UNCONTENDED: [Kind; 5] = [
+const UNCONTENDED: [Kind; 6] = [
     Kind::Raw,
     Kind::FencedFloor,
     Kind::Lockattr,
+    Kind::LockattrFenced,
     Kind::Rslock,
     Kind::Spin,
 ];

@@ -338,6 +338,44 @@ impl Report {
             0.95,
             false,
         );
+        // What a holder that fences its writes pays: the token's round trip on the fast path.
+        let lff = self.fresh_p50(Kind::LockattrFenced);
+        let fenced_trips = self
+            .fresh_row(Kind::LockattrFenced)
+            .and_then(|r| r.round_trips);
+        let fenced_cmds = self
+            .fresh_row(Kind::LockattrFenced)
+            .and_then(|r| r.commands);
+        t.info(
+            "first use of a key, the holder asking for its fencing token: p50 ÷ raw floor p50, round trips, commands",
+            format!(
+                "{} vs floor {} ({}×), {} round trips, {} commands",
+                us(lff),
+                us(rf),
+                opt(ratio(lff, rf), 2),
+                opt(fenced_trips, 2),
+                opt(fenced_cmds, 2)
+            ),
+        );
+        let fd = per_sec(self.distinct_fresh(Kind::LockattrFenced));
+        t.info(
+            &format!(
+                "{} tasks, a new key every cycle, the holder asking for its fencing token: cycles/s vs rslock's",
+                self.distinct_tasks
+            ),
+            format!(
+                "{} vs {} ({}×)",
+                opt(fd, 0),
+                opt(pd, 0),
+                opt(
+                    match (fd, pd) {
+                        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                        _ => None,
+                    },
+                    2
+                )
+            ),
+        );
         let find = |kind: Kind| self.distinct.iter().find(|d| d.kind == kind);
         let (ld, pd) = (per_sec(find(l)), per_sec(find(Kind::Rslock)));
         t.info(
