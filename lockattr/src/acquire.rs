@@ -20,7 +20,8 @@ use crate::Error;
 /// Which kind of attempt was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// `SET NX PX` + `TIME`: takes a free lock, learns nothing about a busy one.
+    /// A bare `SET NX PX`: takes a free lock (its fencing token issued later, when asked for),
+    /// learns nothing about a busy one.
     Plain,
     /// The acquire script: takes, finds a grant, or marks and registers.
     Scripted,

@@ -1,7 +1,7 @@
 //! Contending for a lock in the store: the uncontended fast path, and the waiting loop.
 //!
 //! The task that owns the key's local slot (see `queue`) is the only one of its process that
-//! talks to the store for that key. Its first attempt is the plain one (`SET NX PX` + `TIME`)
+//! talks to the store for that key. Its first attempt is the plain one (a bare `SET NX PX`)
 //! when nobody of this process waits with it; everything after that is the loop of [`Step`]s:
 //!
 //! ```text

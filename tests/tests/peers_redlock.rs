@@ -116,7 +116,7 @@ mod using {
             })
             .await
             .expect("renewed, not lost");
-        // The same owner throughout (the first renewal records the fencing token beside it).
+        // The same owner throughout (renewals keep the value).
         let owner = |v: &[u8]| v[..32].to_vec();
         assert_eq!(
             after.as_deref().map(owner),
