@@ -104,9 +104,10 @@ impl LockGuard {
     /// has no token yet: the first call issues it, in one round trip (a script checks that the
     /// lock is still this guard's, reads Redis's clock and records the token in the lock's
     /// value). A lock taken after waiting, by a direct grant or through a handover has its
-    /// token at once, as does a local handover from a holder that had one. Later calls return
-    /// the same token without a round trip. A critical section that never uses the token never
-    /// pays for it.
+    /// token at once, as does a local handover from a holder that had one, and a request made
+    /// with [`fenced`](crate::LockRequest::fenced) (which reads the clock in the acquisition's
+    /// round trip). Later calls return the same token without a round trip. A critical section
+    /// that never uses the token never pays for it.
     ///
     /// ```no_run
     /// # async fn demo(locker: lockattr::Locker) -> Result<(), lockattr::Error> {

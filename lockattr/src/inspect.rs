@@ -16,8 +16,9 @@ pub struct LockInfo {
     /// The holder's fencing token, once it has one: a lock taken through a script (a contended
     /// acquisition, a direct grant, a handover) has it at once, and Redis records it; a lock
     /// taken by the uncontended fast path has none until its holder first asks for it
-    /// ([`LockGuard::fencing_token`](crate::LockGuard::fencing_token)), which records it.
-    /// `None` otherwise.
+    /// ([`LockGuard::fencing_token`](crate::LockGuard::fencing_token)), which records it (with
+    /// [`LockRequest::fenced`](crate::LockRequest::fenced) it has one at once, which Redis
+    /// records with the first renewal; this `Locker` knows it before). `None` otherwise.
     pub fencing_token: Option<u64>,
     /// When the holder's fencing token was issued, by Redis's clock (tokens are that clock in
     /// microseconds times 100), when there is one: for a lock taken through a script, when it

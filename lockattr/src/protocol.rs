@@ -52,6 +52,17 @@
 //!   The holder keeps the first token it was given; concurrent first requests of one holder
 //!   may each run `FENCE` (the later one writes a higher token into the value, which only
 //!   raises the floor for later holders). A holder that never asks never pays for it.
+//! * **Fast path with the token at once** (`LockRequest::fenced`): `SET key T NX PX lease`
+//!   and `TIME` pipelined in one round trip; the token is `TIME`'s answer times 100, not
+//!   written into the value (a renewal records it). `TIME` runs after the `SET`, so it is
+//!   later than every earlier holder's token, as above. The next holder takes the key only
+//!   after this lock ended: released (this holder releases only after it received its token,
+//!   a whole client round trip after its `TIME`) or expired (at least a lease after the
+//!   `SET`). If the pipeline's `TIME` ran late, after the lease had run out in Redis (the two
+//!   commands split across reads and delayed), its answer arrives after `sent + lease` by the
+//!   local clock, and the attempt is thrown away (the local deadline rules; see `lease`). So
+//!   the next holder's clock reading is at least a microsecond later, and its token above
+//!   every number reserved for this one.
 //! * **Scripts** (the contended attempt, a direct grant inside the release, a handover through
 //!   Redis) compute `max(TIME × 100, the next multiple of 100 above the previous token)` where
 //!   they know the previous token, and write the token into the value: those locks have their

@@ -19,7 +19,7 @@ use redis::{Cmd, Script, Value};
 
 use crate::config::millis;
 use crate::key::RedisNames;
-use crate::protocol::{AttemptReply, ReleaseReply, LUA_PRELUDE};
+use crate::protocol::{fence_from_time, AttemptReply, ReleaseReply, LUA_PRELUDE};
 
 /// Take a free lock, or find it granted to this contender's registration; otherwise mark it
 /// and register for a direct grant.
@@ -464,6 +464,14 @@ pub(crate) fn try_plain(names: &RedisNames, token: &str, lease: Duration) -> Cmd
     set
 }
 
+/// `TIME`, pipelined after [`try_plain`] for a request that wants its fencing token at once
+/// (`LockRequest::fenced`; see `protocol`). The replies decode with [`decode_plain_fenced`].
+pub(crate) fn time() -> Cmd {
+    let mut time = Cmd::with_capacity(1, 4);
+    time.arg("TIME");
+    time
+}
+
 /// Decodes [`try_plain`]'s reply: `OK` when taken, nil when the key exists.
 pub(crate) fn decode_plain(set: &Value) -> Result<AttemptReply, redis::RedisError> {
     match set {
@@ -474,6 +482,45 @@ pub(crate) fn decode_plain(set: &Value) -> Result<AttemptReply, redis::RedisErro
         }),
         Value::Okay => Ok(AttemptReply::Taken { fence: None }),
         _ => Err(unexpected("acquire", set)),
+    }
+}
+
+/// Decodes [`try_plain`]'s and [`time`]'s replies: the `SET` answer (`OK` or nil) and `TIME`'s
+/// (seconds and microseconds), whose fencing token a lock taken here has at once.
+///
+/// `TIME`'s numbers are read from the values directly (redis-rs's typed conversion validates
+/// and copies each number's text); anything malformed is an error, never a lock taken with a
+/// made-up token.
+pub(crate) fn decode_plain_fenced(
+    set: &Value,
+    time: &Value,
+) -> Result<AttemptReply, redis::RedisError> {
+    let bad = || unexpected("acquire", &Value::Array(vec![set.clone(), time.clone()]));
+    match (decode_plain(set).map_err(|_| bad())?, time) {
+        (busy @ AttemptReply::Busy { .. }, _) => Ok(busy),
+        (_, Value::Array(time)) => match time.as_slice() {
+            [secs, micros] => match (decimal(secs), decimal(micros)) {
+                (Some(secs), Some(micros)) => Ok(AttemptReply::Taken {
+                    fence: Some(fence_from_time(secs, micros)),
+                }),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// A non-negative integer reply: an integer, or a bulk string of 1 to 19 decimal digits.
+fn decimal(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(digits) if (1..=19).contains(&digits.len()) => {
+            digits.iter().try_fold(0u64, |n, &d| {
+                d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+            })
+        }
+        _ => None,
     }
 }
 
@@ -614,6 +661,49 @@ mod tests {
         ] {
             assert!(decode_plain(&set).is_err(), "{set:?}");
         }
+    }
+
+    #[test]
+    fn fenced_plain_replies_decode() {
+        let time = |s: &str, us: &str| {
+            Value::Array(vec![
+                Value::BulkString(s.as_bytes().to_vec()),
+                Value::BulkString(us.as_bytes().to_vec()),
+            ])
+        };
+        assert_eq!(
+            decode_plain_fenced(&Value::Okay, &time("1764578644", "5")).unwrap(),
+            AttemptReply::Taken {
+                fence: Some(176_457_864_400_000_500)
+            }
+        );
+        assert_eq!(
+            decode_plain_fenced(&Value::Okay, &time("1764578644", "999999")).unwrap(),
+            AttemptReply::Taken {
+                fence: Some(176_457_864_499_999_900)
+            }
+        );
+        assert!(matches!(
+            decode_plain_fenced(&Value::Nil, &time("1", "2")).unwrap(),
+            AttemptReply::Busy { .. }
+        ));
+        // Anything else is an error, never a lock taken with a made-up token.
+        for (set, time) in [
+            (Value::Okay, time("", "5")),
+            (Value::Okay, time("17x", "5")),
+            (Value::Okay, time("-1", "5")),
+            (Value::Okay, time("99999999999999999999", "5")),
+            (Value::Okay, Value::Array(vec![Value::Int(1)])),
+            (Value::Okay, Value::Nil),
+            (Value::Int(1), time("1", "2")),
+        ] {
+            assert!(
+                decode_plain_fenced(&set, &time).is_err(),
+                "{set:?} {time:?}"
+            );
+        }
+        assert_eq!(decimal(&Value::Int(7)), Some(7));
+        assert_eq!(decimal(&Value::Int(-7)), None);
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub(crate) struct Request {
     pub(crate) names: Arc<RedisNames>,
     pub(crate) lease: Duration,
     pub(crate) renew: bool,
+    /// Issue the fencing token with a plain attempt (`LockRequest::fenced`).
+    pub(crate) fenced: bool,
     pub(crate) started: Instant,
     /// When the wait ends (`None`: never).
     pub(crate) deadline: Option<Instant>,
@@ -129,7 +131,9 @@ impl Request {
             &self.names,
             flight.token(),
             self.lease,
-            AttemptKind::Plain,
+            AttemptKind::Plain {
+                fenced: self.fenced,
+            },
             until,
         ));
         let reply = attempt.await;
@@ -202,7 +206,9 @@ impl Request {
                 Step::Attempt(kind) => {
                     let flight = InFlight::new(store, &self.names);
                     let attempt = match kind {
-                        Kind::Plain => AttemptKind::Plain,
+                        Kind::Plain => AttemptKind::Plain {
+                            fenced: self.fenced,
+                        },
                         Kind::Scripted => AttemptKind::Scripted {
                             registered: registration.as_ref().map(Registration::token),
                             grant_lease: grant,

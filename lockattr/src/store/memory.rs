@@ -233,14 +233,19 @@ impl MemoryView {
         let name = names.lock();
         if st.live(name, now).is_none() {
             // The fast path's `SET token NX PX` issues no fencing token (`fence` does, when
-            // asked); the script writes `token@fence`.
-            let fence = match kind {
-                AttemptKind::Plain => None,
-                AttemptKind::Scripted { .. } => Some(st.next_fence(now)),
+            // asked), or reads it without writing it (`TIME` after the `SET`); the script
+            // writes `token@fence`.
+            let (fence, written) = match kind {
+                AttemptKind::Plain { fenced: false } => (None, None),
+                AttemptKind::Plain { fenced: true } => (Some(st.next_fence(now)), None),
+                AttemptKind::Scripted { .. } => {
+                    let f = st.next_fence(now);
+                    (Some(f), Some(f))
+                }
             };
             let value = LockValue {
                 owner: token,
-                fence,
+                fence: written,
                 mark: Mark::None,
             };
             st.insert(name, value.render(), lease, now);
@@ -491,6 +496,8 @@ impl MemoryView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PLAIN: AttemptKind<'static> = AttemptKind::Plain { fenced: false };
     use crate::key::LockKey;
 
     fn names(k: &str) -> RedisNames {
@@ -513,19 +520,19 @@ mod tests {
         let n = names("k");
         let lease = Duration::from_millis(100);
         assert_eq!(
-            store.attempt(&n, A, lease, AttemptKind::Plain),
+            store.attempt(&n, A, lease, PLAIN),
             AttemptReply::Taken { fence: None }
         );
         let first = store.fence(&n, A).expect("A holds it");
         assert!(matches!(
-            store.attempt(&n, B, lease, AttemptKind::Plain),
+            store.attempt(&n, B, lease, PLAIN),
             AttemptReply::Busy { .. }
         ));
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(!store.renew(&n, A, Some(first), lease), "expired");
         assert_eq!(store.fence(&n, A), None, "an expired lock gets no token");
         assert_eq!(
-            store.attempt(&n, B, lease, AttemptKind::Plain),
+            store.attempt(&n, B, lease, PLAIN),
             AttemptReply::Taken { fence: None }
         );
         let second = store.fence(&n, B).expect("B holds it");
@@ -539,7 +546,7 @@ mod tests {
         let n = names("p");
         let lease = Duration::from_secs(1);
         assert_eq!(
-            store.attempt(&n, A, lease, AttemptKind::Plain),
+            store.attempt(&n, A, lease, PLAIN),
             AttemptReply::Taken { fence: None }
         );
         assert_eq!(store.inspect(&n).unwrap().0, A, "like `SET token NX PX`");
@@ -562,6 +569,19 @@ mod tests {
         assert!(
             renewed.starts_with(&format!("{A}@{}!{B}:", again + 1)),
             "{renewed}"
+        );
+        // With the token asked for in the attempt, it is issued at once, not written.
+        let e = names("e");
+        let AttemptReply::Taken { fence: Some(eager) } =
+            store.attempt(&e, A, lease, AttemptKind::Plain { fenced: true })
+        else {
+            panic!("a free lock is taken with a token")
+        };
+        assert!(eager > again);
+        assert_eq!(
+            store.inspect(&e).unwrap().0,
+            A,
+            "like `SET token NX PX` + `TIME`"
         );
         // A scripted attempt on a free lock writes it at once.
         let s = names("s");
@@ -594,7 +614,7 @@ mod tests {
                 };
                 f
             } else {
-                store.attempt(&n, A, lease, AttemptKind::Plain);
+                store.attempt(&n, A, lease, PLAIN);
                 store.fence(&n, A).expect("A holds it")
             };
             assert!(fence > last, "{fence} after {last}");
@@ -615,7 +635,7 @@ mod tests {
         let waiter = shared.view();
         let n = names("g");
         let lease = Duration::from_secs(10);
-        holder.attempt(&n, A, lease, AttemptKind::Plain);
+        holder.attempt(&n, A, lease, PLAIN);
         let first = holder.fence(&n, A).expect("A holds it");
         let sub = waiter.subscribe(n.channel());
         assert!(matches!(
@@ -668,7 +688,7 @@ mod tests {
                 &names(&format!("k{i}")),
                 A,
                 Duration::from_millis(10),
-                AttemptKind::Plain,
+                PLAIN,
             );
         }
         tokio::time::advance(Duration::from_millis(20)).await;
@@ -677,7 +697,7 @@ mod tests {
                 &names(&format!("later{i}")),
                 A,
                 Duration::from_secs(1),
-                AttemptKind::Plain,
+                PLAIN,
             );
         }
         assert!(

@@ -30,8 +30,9 @@ use crate::Error;
 /// How an acquire attempt is made.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum AttemptKind<'a> {
-    /// The uncontended fast path: take a free lock, learn nothing about a busy one.
-    Plain,
+    /// The uncontended fast path: take a free lock, learn nothing about a busy one; with
+    /// `fenced`, learn the fencing token in the same round trip (`LockRequest::fenced`).
+    Plain { fenced: bool },
     /// The contended path: take a free lock, or find a grant to `registered`, or mark the busy
     /// lock and register for a direct grant of `grant_lease`.
     Scripted {

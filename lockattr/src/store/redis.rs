@@ -176,7 +176,7 @@ impl RedisStore {
         kind: AttemptKind<'_>,
         until: Instant,
     ) -> Result<AttemptReply, Error> {
-        if let (AttemptKind::Plain, None) = (kind, self.replicas) {
+        if let (AttemptKind::Plain { fenced: false }, None) = (kind, self.replicas) {
             // The uncontended fast path, kept apart: every other attempt runs in a boxed future
             // of its own, so that the future of every acquisition (boxed once per call) stays
             // small.
@@ -199,17 +199,30 @@ impl RedisStore {
         until: Instant,
     ) -> Result<AttemptReply, Error> {
         let (reply, acked) = match kind {
-            AttemptKind::Plain => {
-                // Only with `wait_for_replicas`: `attempt` sends the others itself.
-                let (wait, ..) = self
-                    .wait_cmd()
-                    .expect("plain attempts without replicas take the fast path");
-                let mut pipe = redis::Pipeline::with_capacity(2);
-                pipe.add_command(scripts::try_plain(names, token, lease))
-                    .add_command(wait);
-                let (set, acked): (Value, usize) =
-                    self.conn.query_pipe("acquire", &pipe, until).await?;
-                (scripts::decode_plain(&set).map_err(Error::Redis)?, acked)
+            AttemptKind::Plain { fenced } => {
+                // With the token (`TIME` after the `SET`), or with `wait_for_replicas` (`WAIT`
+                // last), or both, in one pipeline; `attempt` sends the bare `SET` itself.
+                let mut pipe = redis::Pipeline::with_capacity(3);
+                pipe.add_command(scripts::try_plain(names, token, lease));
+                if fenced {
+                    pipe.add_command(scripts::time());
+                }
+                let Some((wait, ..)) = self.wait_cmd() else {
+                    let (set, time): (Value, Value) =
+                        self.conn.query_pipe("acquire", &pipe, until).await?;
+                    return scripts::decode_plain_fenced(&set, &time).map_err(Error::Redis);
+                };
+                pipe.add_command(wait);
+                if fenced {
+                    let (set, time, acked): (Value, Value, usize) =
+                        self.conn.query_pipe("acquire", &pipe, until).await?;
+                    let reply = scripts::decode_plain_fenced(&set, &time).map_err(Error::Redis)?;
+                    (reply, acked)
+                } else {
+                    let (set, acked): (Value, usize) =
+                        self.conn.query_pipe("acquire", &pipe, until).await?;
+                    (scripts::decode_plain(&set).map_err(Error::Redis)?, acked)
+                }
             }
             AttemptKind::Scripted {
                 registered,

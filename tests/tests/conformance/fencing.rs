@@ -93,22 +93,30 @@ pub async fn tokens_increase_across_lockers_handovers_and_grants(b: &impl Backen
     assert_free(&admin, key).await;
 }
 
-/// Under contention from two lockers (handovers, grants and releases mixed), the tokens read
-/// inside the critical sections, in the order the holders were inside, strictly increase.
-pub async fn tokens_increase_in_the_order_of_holders(b: &impl Backend) {
-    let lockers = [b.locker().await, b.locker().await];
+/// Runs `rounds` critical sections of `key` in each of `lockers.len()` tasks (task `i` on
+/// `lockers[i]`); the section of task `i` in round `r` asks for its token when `ask(i, r)`.
+/// Returns the tokens in the order the holders were inside.
+async fn tokens_of_holders(
+    lockers: Vec<lockattr::Locker>,
+    key: &'static str,
+    rounds: usize,
+    ask: fn(usize, usize) -> bool,
+) -> Vec<u64> {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let tasks: Vec<_> = (0..12)
-        .map(|i| {
-            let locker = lockers[i % 2].clone();
+    let tasks: Vec<_> = lockers
+        .into_iter()
+        .enumerate()
+        .map(|(i, locker)| {
             let seen = seen.clone();
             tokio::spawn(async move {
-                for _ in 0..10 {
+                for round in 0..rounds {
                     locker
-                        .lock("ordered")
+                        .lock(key)
                         .run(async {
-                            let token = lockattr::fencing_token().await.unwrap();
-                            seen.lock().unwrap().push(token);
+                            if ask(i, round) {
+                                let token = lockattr::fencing_token().await.unwrap();
+                                seen.lock().unwrap().push(token);
+                            }
                             tokio::task::yield_now().await;
                         })
                         .await
@@ -120,7 +128,16 @@ pub async fn tokens_increase_in_the_order_of_holders(b: &impl Backend) {
     for t in tasks {
         t.await.unwrap();
     }
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    seen
+}
+
+/// Under contention from two lockers (handovers, grants and releases mixed), the tokens read
+/// inside the critical sections, in the order the holders were inside, strictly increase.
+pub async fn tokens_increase_in_the_order_of_holders(b: &impl Backend) {
+    let pair = [b.locker().await, b.locker().await];
+    let lockers = (0..12).map(|i| pair[i % 2].clone()).collect();
+    let seen = tokens_of_holders(lockers, "ordered", 10, |_, _| true).await;
     assert_eq!(seen.len(), 120);
     let named: Vec<_> = seen.iter().map(|t| ("holder", *t)).collect();
     assert_increasing(&named);
@@ -180,8 +197,25 @@ pub async fn a_token_is_issued_when_first_asked_and_never_to_a_lost_lock(b: &imp
         .wait(Duration::from_secs(3))
         .await
         .expect("free after the lease");
-    assert!(last.fencing_token().await.unwrap() > next);
+    let last_token = last.fencing_token().await.unwrap();
+    assert!(last_token > next);
     last.release().await.unwrap();
+
+    // Requested `fenced`: issued with the acquisition, above every earlier one; its own locker
+    // knows it at once, the store from its first renewal (or an extension) on.
+    let g = a.lock(key).fenced().await.unwrap();
+    let mine = crate::support::info(&a, key).await.expect("held");
+    let token = mine.fencing_token.expect("known to its own locker at once");
+    assert!(token > last_token, "{token} after {last_token}");
+    assert_eq!(g.fencing_token().await.unwrap(), token);
+    g.extend(Duration::from_secs(5)).await.unwrap();
+    let theirs = crate::support::info(&admin, key).await.expect("held");
+    assert_eq!(
+        theirs.fencing_token,
+        Some(token),
+        "recorded by the extension"
+    );
+    g.release().await.unwrap();
 
     // Outside a critical section there is none to give.
     assert!(matches!(
@@ -196,33 +230,11 @@ pub async fn a_token_is_issued_when_first_asked_and_never_to_a_lost_lock(b: &imp
 /// not ask hands on none; the next one that asks is issued one above every earlier).
 pub async fn tokens_increase_when_only_some_holders_ask(b: &impl Backend) {
     let (a, other) = (b.locker().await, b.locker().await);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let tasks: Vec<_> = (0..8)
-        .map(|i| {
-            // Mostly one locker, so that holders hand the lock on locally.
-            let locker = if i == 7 { other.clone() } else { a.clone() };
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                for round in 0..12 {
-                    locker
-                        .lock("some")
-                        .run(async {
-                            if (i + round) % 3 == 0 {
-                                let token = lockattr::fencing_token().await.unwrap();
-                                seen.lock().unwrap().push(token);
-                            }
-                            tokio::task::yield_now().await;
-                        })
-                        .await
-                        .expect("run");
-                }
-            })
-        })
+    // Mostly one locker, so that holders hand the lock on locally.
+    let lockers = (0..8)
+        .map(|i| if i == 7 { other.clone() } else { a.clone() })
         .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let seen = seen.lock().unwrap().clone();
+    let seen = tokens_of_holders(lockers, "some", 12, |i, round| (i + round) % 3 == 0).await;
     assert_eq!(seen.len(), 32);
     let named: Vec<_> = seen.iter().map(|t| ("holder", *t)).collect();
     assert_increasing(&named);

@@ -149,6 +149,15 @@ async fn wait_for_replicas_acknowledges_or_fails_clearly_and_leaves_the_lock_fre
     g.extend(Duration::from_secs(10))
         .await
         .expect("the renewal is acknowledged too");
+    let first = g.fencing_token().await.unwrap();
+    g.release().await.unwrap();
+    // With its token in the acquisition's round trip (`SET`, `TIME`, `WAIT` pipelined).
+    let g = acked
+        .lock("w")
+        .fenced()
+        .await
+        .expect("acknowledged by a replica");
+    assert!(g.fencing_token().await.unwrap() > first);
     g.release().await.unwrap();
     // Handed over inside the locker, acknowledged on the way.
     let (x, y) = tokio::join!(
@@ -213,8 +222,15 @@ async fn fencing_tokens_keep_increasing_across_failovers() {
                     {
                         Ok(g) => {
                             let enter = Instant::now();
+                            // The token is a round trip of its own for an uncontended lock: a
+                            // section that cannot get one (Redis failing over, the lock lost)
+                            // writes nothing, like an application's.
+                            let Ok(token) = g.fencing_token().await else {
+                                errors += 1;
+                                let _ = g.release().await;
+                                continue;
+                            };
                             tokio::time::sleep(Duration::from_millis(3)).await;
-                            let token = g.fencing_token().await.unwrap();
                             let held = g.is_held();
                             let exit = Instant::now();
                             if g.release().await.is_ok() && held {

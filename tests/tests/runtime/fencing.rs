@@ -301,6 +301,30 @@ async fn an_uncontended_lock_is_one_set_and_its_token_one_script_when_asked() {
         "{counts:?}"
     );
     assert!(server.keys().is_empty(), "{:?}", server.keys());
+
+    // Requested `fenced`: `TIME` pipelined with the `SET`, and no script for the token.
+    reset_stats(&server);
+    let g = locker.lock("eager").fenced().await.unwrap();
+    let eager = g.fencing_token().await.unwrap();
+    let counts = command_counts(&server);
+    let expect: std::collections::BTreeMap<String, u64> = [("set", 1), ("time", 1)]
+        .into_iter()
+        .map(|(c, n)| (c.to_owned(), n))
+        .collect();
+    assert_eq!(counts, expect);
+    assert!(eager > token, "{eager} after {token}");
+    let now = redis_time_us(&server) * 100;
+    assert!(
+        eager <= now && now - eager < 5_000_000 * 100,
+        "{eager} vs {now}"
+    );
+    assert_eq!(
+        value(&server, "lock:{eager}").unwrap().fence,
+        None,
+        "not written"
+    );
+    g.release().await.unwrap();
+    assert!(server.keys().is_empty(), "{:?}", server.keys());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

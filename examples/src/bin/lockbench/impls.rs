@@ -45,8 +45,8 @@ pub enum Kind {
     Rslock2ms,
     /// lockattr.
     Lockattr,
-    /// Diagnostic row: lockattr with the holder asking for its fencing token
-    /// (`LockGuard::fencing_token`) in every cycle, as a holder that fences its writes does.
+    /// Diagnostic row: lockattr with every request `fenced()` and the holder reading its
+    /// fencing token (`LockGuard::fencing_token`), as a holder that fences its writes does.
     #[value(name = "lockattr-fenced")]
     LockattrFenced,
     /// Diagnostic row: the raw floor doing the Redis-side work a fenced, pub/sub-waking lock
@@ -89,7 +89,7 @@ impl Kind {
             Kind::Rslock2ms => "rslock 0.10, 2 ms retry",
             Kind::Lockattr => "lockattr",
             Kind::LockattrFenced => {
-                "lockattr, the holder asking for its fencing token (diagnostic)"
+                "lockattr, fenced(): the holder using its fencing token (diagnostic)"
             }
             Kind::FencedFloor => {
                 "fenced floor: Lua SET NX+INCR+PEXPIRE, Lua GET+DEL+PUBLISH (diagnostic)"

@@ -9,7 +9,7 @@ use crate::impls::{BoxFut, Held, LockImpl, LEASE};
 
 struct Lockattr {
     locker: lockattr::Locker,
-    /// Ask for the fencing token in every cycle (the `lockattr-fenced` row).
+    /// Request the fencing token with every acquisition and use it (the `lockattr-fenced` row).
     fenced: bool,
 }
 
@@ -22,7 +22,7 @@ pub async fn build(url: &str) -> Result<Arc<dyn LockImpl>> {
     build_with(url, None).await
 }
 
-/// [`build`], with every holder asking for its fencing token before it releases.
+/// [`build`], with every request `fenced` and every holder using its fencing token.
 pub async fn build_fenced(url: &str) -> Result<Arc<dyn LockImpl>> {
     Ok(Arc::new(Lockattr {
         locker: locker(url, None).await?,
@@ -57,10 +57,13 @@ async fn locker(url: &str, replicas: Option<(usize, Duration)>) -> Result<lockat
 impl LockImpl for Lockattr {
     fn acquire<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFut<'a, Result<Box<dyn Held>>> {
         Box::pin(async move {
-            let guard = self.locker.lock(key).wait(wait).await?;
-            if self.fenced {
+            let guard = if self.fenced {
+                let guard = self.locker.lock(key).wait(wait).fenced().await?;
                 guard.fencing_token().await?;
-            }
+                guard
+            } else {
+                self.locker.lock(key).wait(wait).await?
+            };
             Ok(Box::new(Guard(guard)) as Box<dyn Held>)
         })
     }

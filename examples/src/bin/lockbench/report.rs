@@ -338,7 +338,7 @@ impl Report {
             0.95,
             false,
         );
-        // What a holder that fences its writes pays: the token's round trip on the fast path.
+        // What a holder that fences its writes pays: `TIME` in the fast path's round trip.
         let lff = self.fresh_p50(Kind::LockattrFenced);
         let fenced_trips = self
             .fresh_row(Kind::LockattrFenced)
@@ -347,7 +347,7 @@ impl Report {
             .fresh_row(Kind::LockattrFenced)
             .and_then(|r| r.commands);
         t.info(
-            "first use of a key, the holder asking for its fencing token: p50 ÷ raw floor p50, round trips, commands",
+            "first use of a key, fenced() and the token used: p50 ÷ raw floor p50, round trips, commands",
             format!(
                 "{} vs floor {} ({}×), {} round trips, {} commands",
                 us(lff),
@@ -360,7 +360,7 @@ impl Report {
         let fd = per_sec(self.distinct_fresh(Kind::LockattrFenced));
         t.info(
             &format!(
-                "{} tasks, a new key every cycle, the holder asking for its fencing token: cycles/s vs rslock's",
+                "{} tasks, a new key every cycle, fenced() and the token used: cycles/s vs rslock's",
                 self.distinct_tasks
             ),
             format!(
