@@ -1,4 +1,5 @@
-//! The attribute's arguments: `key = "..", wait = "..", lease = "..", renew = .., locker = ..`.
+//! The attribute's arguments: `key = "..", wait = "..", lease = "..", renew = .., fenced = ..,
+//! locker = ..`.
 //!
 //! Parsing keeps going after a bad argument so that every mistake is reported in one build; an
 //! argument that failed to parse is left out (`None`) so later checks do not pile secondary
@@ -16,7 +17,7 @@ use crate::duration;
 use crate::template::{self, Template};
 
 /// Every argument the attribute accepts, in the order the docs list them.
-pub(crate) const NAMES: [&str; 5] = ["key", "wait", "lease", "renew", "locker"];
+pub(crate) const NAMES: [&str; 6] = ["key", "wait", "lease", "renew", "fenced", "locker"];
 
 /// Names people bring from other lock libraries (Redisson's `waitTime`/`leaseTime`, `ttl`,
 /// `timeout`, ...) and the argument that means the same thing here.
@@ -54,6 +55,11 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("keepalive", "renew"),
     ("extend", "renew"),
     ("refresh", "renew"),
+    ("fence", "fenced"),
+    ("fencing", "fenced"),
+    ("fencing_token", "fenced"),
+    ("fenced_token", "fenced"),
+    ("with_token", "fenced"),
     ("client", "locker"),
     ("redis", "locker"),
     ("connection", "locker"),
@@ -78,8 +84,8 @@ pub(crate) enum DurationArg {
     Runtime(Expr),
 }
 
-/// `renew`.
-pub(crate) enum RenewArg {
+/// `renew` or `fenced`: a `bool`.
+pub(crate) enum FlagArg {
     Fixed(LitBool),
     Runtime(Expr),
 }
@@ -90,7 +96,8 @@ pub(crate) struct Args {
     pub(crate) key: Option<Key>,
     pub(crate) wait: Option<DurationArg>,
     pub(crate) lease: Option<DurationArg>,
-    pub(crate) renew: Option<RenewArg>,
+    pub(crate) renew: Option<FlagArg>,
+    pub(crate) fenced: Option<FlagArg>,
     pub(crate) locker: Option<Expr>,
 }
 
@@ -145,7 +152,8 @@ pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> Args {
                         args.lease = parsed;
                     }
                 }
-                "renew" => args.renew = parse_renew(value, errors),
+                "renew" => args.renew = parse_flag("renew", value, errors),
+                "fenced" => args.fenced = parse_flag("fenced", value, errors),
                 "locker" => args.locker = parse_locker(value, errors),
                 _ => unreachable!("NAMES and this match list the same arguments"),
             }
@@ -192,6 +200,7 @@ fn needs_value(name: &str) -> String {
         "wait" => "wait = \"5s\"",
         "lease" => "lease = \"30s\"",
         "renew" => "renew = false",
+        "fenced" => "fenced = true",
         _ => "locker = self.locker",
     };
     format!("`{name}` needs a value, e.g. `{example}`")
@@ -298,22 +307,22 @@ fn parse_duration(name: &str, value: Expr, errors: &mut Errors) -> Option<Durati
     }
 }
 
-fn parse_renew(value: Expr, errors: &mut Errors) -> Option<RenewArg> {
+fn parse_flag(name: &str, value: Expr, errors: &mut Errors) -> Option<FlagArg> {
     match value {
         Expr::Lit(ExprLit {
             lit: Lit::Bool(b), ..
-        }) => Some(RenewArg::Fixed(b)),
+        }) => Some(FlagArg::Fixed(b)),
         Expr::Lit(ExprLit { lit, .. }) => {
             errors.add(
                 lit.span(),
                 format!(
-                    "`renew` must be `true` or `false`, found {}",
+                    "`{name}` must be `true` or `false`, found {}",
                     literal_kind(&lit)
                 ),
             );
             None
         }
-        other => Some(RenewArg::Runtime(other)),
+        other => Some(FlagArg::Runtime(other)),
     }
 }
 
@@ -369,12 +378,14 @@ mod tests {
             wait = "100s",
             lease = "2s",
             renew = false,
+            fenced = true,
             locker = self.locker,
         ));
         assert_eq!(args.key.unwrap().template.segments.len(), 2);
+        assert!(matches!(args.fenced, Some(FlagArg::Fixed(ref b)) if b.value));
         assert_eq!(millis(args.wait.as_ref()), Some(100_000));
         assert_eq!(millis(args.lease.as_ref()), Some(2_000));
-        assert!(matches!(args.renew, Some(RenewArg::Fixed(ref b)) if !b.value));
+        assert!(matches!(args.renew, Some(FlagArg::Fixed(ref b)) if !b.value));
         assert!(matches!(args.locker, Some(Expr::Field(_))));
     }
 
@@ -384,11 +395,13 @@ mod tests {
             key = "k",
             wait = Duration::from_secs(5),
             lease = LEASE,
-            renew = cfg!(test)
+            renew = cfg!(test),
+            fenced = FENCED
         ));
+        assert!(matches!(args.fenced, Some(FlagArg::Runtime(_))));
         assert!(matches!(args.wait, Some(DurationArg::Runtime(_))));
         assert!(matches!(args.lease, Some(DurationArg::Runtime(_))));
-        assert!(matches!(args.renew, Some(RenewArg::Runtime(_))));
+        assert!(matches!(args.renew, Some(FlagArg::Runtime(_))));
     }
 
     #[test]
@@ -417,6 +430,9 @@ mod tests {
             ("expirey", "lease"),
             ("watchdgo", "renew"),
             ("conection", "locker"),
+            ("fencing", "fenced"),
+            ("fencing_token", "fenced"),
+            ("fenced_tokne", "fenced"),
         ] {
             let ident = syn::Ident::new(wrong, Span::call_site());
             let (_, e) = run(quote!(key = "k", #ident = "1s"));
@@ -428,7 +444,7 @@ mod tests {
         }
         let (_, e) = run(quote!(key = "k", fairness = true));
         assert!(
-            e.contains("expected one of `key`, `wait`, `lease`, `renew`, `locker`")
+            e.contains("expected one of `key`, `wait`, `lease`, `renew`, `fenced`, `locker`")
                 && !e.contains("did you mean"),
             "{e}"
         );
@@ -443,6 +459,7 @@ mod tests {
             wait = 5,
             lease = "2x",
             renew = "yes",
+            fenced = 1,
             locker = "redis://x",
             retry(3)
         ));
@@ -453,6 +470,7 @@ mod tests {
             "e.g. `wait = \\\"5s\\\"`",
             "invalid `lease`: unknown unit `x`",
             "`renew` must be `true` or `false`, found a string",
+            "`fenced` must be `true` or `false`, found an integer",
             "`locker` must be an expression",
             "unknown argument `retry`",
         ] {
@@ -485,6 +503,11 @@ mod tests {
         assert!(!e.contains("missing argument `key`"), "{e}");
         let (_, e) = run(quote!(key = "k", renew));
         assert!(e.contains("`renew` needs a value"), "{e}");
+        let (_, e) = run(quote!(key = "k", fenced));
+        assert!(
+            e.contains("`fenced` needs a value, e.g. `fenced = true`"),
+            "{e}"
+        );
     }
 
     #[test]

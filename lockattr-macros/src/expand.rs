@@ -63,7 +63,7 @@ use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{Block, Expr, ExprBlock, ItemFn, LitStr, Stmt, Type};
 
-use crate::args::{self, Args, DurationArg, RenewArg};
+use crate::args::{self, Args, DurationArg, FlagArg};
 use crate::check::{self, Plan, Shape};
 use crate::diag::Errors;
 use crate::template::Segment;
@@ -220,8 +220,13 @@ fn options_builder(args: &Args) -> TokenStream {
         options.extend(quote!(.lease(#lease)));
     }
     match &args.renew {
-        Some(RenewArg::Fixed(value)) => options.extend(quote!(.renew(#value))),
-        Some(RenewArg::Runtime(expr)) => options.extend(quote!(.renew(#expr))),
+        Some(FlagArg::Fixed(value)) => options.extend(quote!(.renew(#value))),
+        Some(FlagArg::Runtime(expr)) => options.extend(quote!(.renew(#expr))),
+        None => {}
+    }
+    match &args.fenced {
+        Some(FlagArg::Fixed(value)) => options.extend(quote!(.fenced(#value))),
+        Some(FlagArg::Runtime(expr)) => options.extend(quote!(.fenced(#expr))),
         None => {}
     }
     options

@@ -30,12 +30,13 @@ impl KeyBuilder {
     }
 }
 
-/// The attribute's `wait`, `lease` and `renew` arguments.
+/// The attribute's `wait`, `lease`, `renew` and `fenced` arguments.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     wait: Option<Duration>,
     lease: Option<Duration>,
     renew: bool,
+    fenced: bool,
 }
 
 impl Options {
@@ -46,6 +47,7 @@ impl Options {
             wait: None,
             lease: None,
             renew: true,
+            fenced: false,
         }
     }
 
@@ -67,6 +69,13 @@ impl Options {
     #[must_use]
     pub const fn renew(mut self, on: bool) -> Self {
         self.renew = on;
+        self
+    }
+
+    /// Sets whether the fencing token comes with the acquisition.
+    #[must_use]
+    pub const fn fenced(mut self, on: bool) -> Self {
+        self.fenced = on;
         self
     }
 }
@@ -136,7 +145,9 @@ pub async fn run<F: Future>(
     options: Options,
     fut: F,
 ) -> Result<F::Output, Error> {
-    let mut req = crate::LockRequest::new(locker.core.clone(), key.0.finish()).renew(options.renew);
+    let mut req = crate::LockRequest::new(locker.core.clone(), key.0.finish())
+        .renew(options.renew)
+        .fenced(options.fenced);
     if let Some(w) = options.wait {
         req = req.wait(w);
     }

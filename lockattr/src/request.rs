@@ -114,7 +114,8 @@ impl LockRequest {
         self
     }
 
-    /// Issue the fencing token with the acquisition, for a holder that will use it: an
+    /// Whether to issue the fencing token with the acquisition (default `false`); for a
+    /// holder that will use it (the attribute's `fenced = true`). With `true`, an
     /// uncontended acquisition then reads Redis's clock in the same round trip as its `SET NX
     /// PX` (one more command, no more round trips), and
     /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token) answers at once. Without
@@ -125,15 +126,15 @@ impl LockRequest {
     ///
     /// ```no_run
     /// # async fn demo(locker: lockattr::Locker) -> Result<(), lockattr::Error> {
-    /// let guard = locker.lock("account:7").fenced().await?;
+    /// let guard = locker.lock("account:7").fenced(true).await?;
     /// let token = guard.fencing_token().await?; // no round trip
     /// # let _ = token;
     /// guard.release().await?;
     /// # Ok(())
     /// # }
     /// ```
-    pub fn fenced(mut self) -> Self {
-        self.fenced = true;
+    pub fn fenced(mut self, fenced: bool) -> Self {
+        self.fenced = fenced;
         self
     }
 

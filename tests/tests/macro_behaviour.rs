@@ -591,3 +591,42 @@ async fn stacked_with_tracing_instrument_in_either_order() {
     assert!(span_then_lock(&locker, &server, 2).await.unwrap());
     assert!(!held(&server, "traced:1") && !held(&server, "traced:2"));
 }
+
+/// What the body's own locker knows of the body's token before the body asks for it.
+#[distributed_lock(key = "fenced:<id>", fenced = FENCED, locker = locker)]
+async fn token_before_asking(locker: &Locker, id: u32) -> Result<(Option<u64>, u64), AppError> {
+    let known = locker
+        .inspect(&format!("fenced:{id}"))
+        .await?
+        .and_then(|info| info.fencing_token);
+    Ok((known, lockattr::fencing_token().await?))
+}
+
+const FENCED: bool = true;
+
+#[distributed_lock(key = "fenced:<id>", locker = locker)]
+async fn unfenced_token_before_asking(
+    locker: &Locker,
+    id: u32,
+) -> Result<(Option<u64>, u64), AppError> {
+    let known = locker
+        .inspect(&format!("fenced:{id}"))
+        .await?
+        .and_then(|info| info.fencing_token);
+    Ok((known, lockattr::fencing_token().await?))
+}
+
+#[tokio::test]
+async fn fenced_takes_the_token_with_the_lock() {
+    let server = RedisServer::start();
+    let locker = connect(&server).await;
+    // `fenced = ..` (here a constant): the token came with the acquisition, before the body
+    // asked, and it is the one the body gets.
+    let (known, token) = token_before_asking(&locker, 1).await.unwrap();
+    assert_eq!(known, Some(token));
+    // Without it the uncontended lock has none until the body asks; then it is larger still.
+    let (known, later) = unfenced_token_before_asking(&locker, 1).await.unwrap();
+    assert_eq!(known, None);
+    assert!(later > token, "{later} after {token}");
+    assert!(!held(&server, "fenced:1"));
+}

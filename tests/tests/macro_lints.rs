@@ -22,7 +22,13 @@ const WAIT: Duration = Duration::from_millis(500);
 ///
 /// # Errors
 /// Lock errors.
-#[distributed_lock(key = "lints:<id>:<<x>", wait = "1m30s", lease = "10s", renew = false)]
+#[distributed_lock(
+    key = "lints:<id>:<<x>",
+    wait = "1m30s",
+    lease = "10s",
+    renew = false,
+    fenced = true
+)]
 pub async fn free(id: u64) -> Result<u64, lockattr::Error> {
     Ok(id)
 }

@@ -203,7 +203,7 @@ pub async fn a_token_is_issued_when_first_asked_and_never_to_a_lost_lock(b: &imp
 
     // Requested `fenced`: issued with the acquisition, above every earlier one; its own locker
     // knows it at once, the store from its first renewal (or an extension) on.
-    let g = a.lock(key).fenced().await.unwrap();
+    let g = a.lock(key).fenced(true).await.unwrap();
     let mine = crate::support::info(&a, key).await.expect("held");
     let token = mine.fencing_token.expect("known to its own locker at once");
     assert!(token > last_token, "{token} after {last_token}");

@@ -154,7 +154,7 @@ async fn wait_for_replicas_acknowledges_or_fails_clearly_and_leaves_the_lock_fre
     // With its token in the acquisition's round trip (`SET`, `TIME`, `WAIT` pipelined).
     let g = acked
         .lock("w")
-        .fenced()
+        .fenced(true)
         .await
         .expect("acknowledged by a replica");
     assert!(g.fencing_token().await.unwrap() > first);

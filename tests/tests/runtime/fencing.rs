@@ -304,7 +304,7 @@ async fn an_uncontended_lock_is_one_set_and_its_token_one_script_when_asked() {
 
     // Requested `fenced`: `TIME` pipelined with the `SET`, and no script for the token.
     reset_stats(&server);
-    let g = locker.lock("eager").fenced().await.unwrap();
+    let g = locker.lock("eager").fenced(true).await.unwrap();
     let eager = g.fencing_token().await.unwrap();
     let counts = command_counts(&server);
     let expect: std::collections::BTreeMap<String, u64> = [("set", 1), ("time", 1)]

@@ -45,7 +45,7 @@ pub enum Kind {
     Rslock2ms,
     /// lockattr.
     Lockattr,
-    /// Diagnostic row: lockattr with every request `fenced()` and the holder reading its
+    /// Diagnostic row: lockattr with every request `fenced(true)` and the holder reading its
     /// fencing token (`LockGuard::fencing_token`), as a holder that fences its writes does.
     #[value(name = "lockattr-fenced")]
     LockattrFenced,
@@ -89,7 +89,7 @@ impl Kind {
             Kind::Rslock2ms => "rslock 0.10, 2 ms retry",
             Kind::Lockattr => "lockattr",
             Kind::LockattrFenced => {
-                "lockattr, fenced(): the holder using its fencing token (diagnostic)"
+                "lockattr, fenced(true): the holder using its fencing token (diagnostic)"
             }
             Kind::FencedFloor => {
                 "fenced floor: Lua SET NX+INCR+PEXPIRE, Lua GET+DEL+PUBLISH (diagnostic)"

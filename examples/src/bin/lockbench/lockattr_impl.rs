@@ -58,7 +58,7 @@ impl LockImpl for Lockattr {
     fn acquire<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFut<'a, Result<Box<dyn Held>>> {
         Box::pin(async move {
             let guard = if self.fenced {
-                let guard = self.locker.lock(key).wait(wait).fenced().await?;
+                let guard = self.locker.lock(key).wait(wait).fenced(true).await?;
                 guard.fencing_token().await?;
                 guard
             } else {

@@ -93,7 +93,7 @@ fn short_label(kind: Kind) -> &'static str {
         Kind::Raw => "raw floor",
         Kind::FencedFloor => "fenced floor (diagnostic)",
         Kind::Lockattr => "lockattr",
-        Kind::LockattrFenced => "lockattr, fenced() (diagnostic)",
+        Kind::LockattrFenced => "lockattr, fenced(true) (diagnostic)",
         Kind::Rslock => "rslock 0.10",
         Kind::Rslock2ms => "rslock 0.10, 2 ms retry",
         Kind::Spin => "SET NX spin",

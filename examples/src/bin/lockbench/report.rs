@@ -347,7 +347,7 @@ impl Report {
             .fresh_row(Kind::LockattrFenced)
             .and_then(|r| r.commands);
         t.info(
-            "first use of a key, fenced() and the token used: p50 ÷ raw floor p50, round trips, commands",
+            "first use of a key, fenced(true) and the token used: p50 ÷ raw floor p50, round trips, commands",
             format!(
                 "{} vs floor {} ({}×), {} round trips, {} commands",
                 us(lff),
@@ -360,7 +360,7 @@ impl Report {
         let fd = per_sec(self.distinct_fresh(Kind::LockattrFenced));
         t.info(
             &format!(
-                "{} tasks, a new key every cycle, fenced() and the token used: cycles/s vs rslock's",
+                "{} tasks, a new key every cycle, fenced(true) and the token used: cycles/s vs rslock's",
                 self.distinct_tasks
             ),
             format!(
